@@ -1,0 +1,263 @@
+"""Fitting: Huber loss on log-loss residuals, multi-start L-BFGS-B in float64, targets in parallel,
+form selection by cross-validation over runs, bootstrap over runs for uncertainty."""
+
+from __future__ import annotations
+
+import os
+import sys
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from itertools import product
+
+import numpy as np
+from scipy.optimize import minimize
+
+from .dataset import Dataset
+from .errors import LawfitError
+from .laws import D0_DEFAULT, FORMS, LawForm, TargetLaw
+
+
+@dataclass(frozen=True, kw_only=True)
+class FitConfig:
+    huber_delta: float = 0.01
+    """Residuals (in log loss) below this are treated as noise (quadratic), above as outliers (linear)."""
+    d0: float = D0_DEFAULT
+    """Data offset of the law, in samples (keeps the loss finite at zero relevant data)."""
+    forms: tuple[str, ...] | None = None
+    """Candidate forms; None: no_transfer and transfer, plus transfer_repetition when runs repeat data."""
+    cv_folds: int = 5
+    """Folds over runs for choosing the form by held-out error."""
+    bootstrap: int = 100
+    """Bootstrap resamples over runs (0: no uncertainty)."""
+    level: float = 0.9
+    """Confidence level of the reported intervals."""
+    seed: int = 0
+    workers: int = 0
+    """Processes; 0: one per CPU core, at most one per job."""
+    progress: bool = True
+
+    def __post_init__(self):
+        if not self.huber_delta > 0:
+            raise LawfitError(f"huber_delta must be > 0, got {self.huber_delta}")
+        if not self.d0 > 0:
+            raise LawfitError(f"d0 must be > 0, got {self.d0}")
+        if self.cv_folds < 2:
+            raise LawfitError(f"cv_folds must be >= 2, got {self.cv_folds}")
+        if self.bootstrap < 0:
+            raise LawfitError(f"bootstrap must be >= 0, got {self.bootstrap}")
+        if not 0 < self.level < 1:
+            raise LawfitError(f"level must be in (0, 1), got {self.level}")
+        for f in self.forms or ():
+            if f not in FORMS:
+                raise LawfitError(f"unknown form {f!r}; known: {sorted(FORMS)}")
+
+
+@dataclass
+class TargetFit:
+    target: str
+    form: str
+    theta: np.ndarray
+    law: TargetLaw
+    objective: float
+    rmse_log: float
+    n_points: int
+    converged: bool
+    starts: int
+
+
+@dataclass
+class FormFit:
+    form: str
+    targets: dict[str, TargetFit]
+    cv_rmse_log: float | None = None
+    cv_per_target: dict[str, float] = field(default_factory=dict)
+
+
+# ---- one target ---------------------------------------------------------------------------------------
+def _problem(ds: Dataset, i: int, rows: np.ndarray | None = None):
+    pts = ds.target_points(i) if rows is None else rows[np.isfinite(ds.y[rows, i])]
+    others = [c for c in range(len(ds.domains)) if c != i]
+    return (ds.D[pts, i], ds.D[pts][:, others], ds.U[pts, i], ds.U[pts][:, others], np.log(ds.y[pts, i]))
+
+
+def _objective(theta, form: LawForm, prob, delta: float, d0: float):
+    D_own, D_oth, U_own, U_oth, logy = prob
+    logL, J = form.evaluate(theta, D_own, D_oth, U_own, U_oth, d0)
+    r = logL - logy
+    a = np.abs(r)
+    quad = a <= delta
+    # Huber, divided by delta so that the objective reads in units of log-loss.
+    h = np.where(quad, 0.5 * r * r / delta, a - 0.5 * delta)
+    psi = np.where(quad, r / delta, np.sign(r))
+    n = len(r)
+    return float(h.sum() / n), J.T @ psi / n
+
+
+def _grid_starts(form: LawForm, prob, others: list[str], d0: float) -> list[np.ndarray]:
+    """A grid over E, alpha (and k), with A chosen in closed form so that each start fits the data's level."""
+    D_own, D_oth, _, _, logy = prob
+    y = np.exp(logy)
+    y_min = float(y.min())
+    m = len(others)
+    ks = (0.02, 0.5) if form.transfer and m else (0.0,)
+    starts = []
+    for e_frac, alpha, k in product((0.3, 0.7, 0.95), (0.1, 0.3, 0.6), ks):
+        E = e_frac * y_min
+        S = d0 + D_own + (k * D_oth.sum(axis=1) if form.transfer and m else 0.0)
+        logA = float(np.median(np.log(y - E) + alpha * np.log(S)))
+        th = [np.log(E), logA, alpha]
+        if form.transfer:
+            th += [k] * m + [1.0] * m
+        if form.repetition:
+            th.append(np.log(5.0))
+        starts.append(np.asarray(th, dtype=np.float64))
+    return starts
+
+
+def fit_target(form: LawForm, ds: Dataset, i: int, cfg: FitConfig, *, rows: np.ndarray | None = None,
+               init: list[np.ndarray] | None = None) -> TargetFit:
+    target = ds.domains[i]
+    others = [d for d in ds.domains if d != target]
+    prob = _problem(ds, i, rows)
+    n = len(prob[-1])
+    if n < 3:
+        raise LawfitError(f"target '{target}': only {n} evaluation points; need at least 3 to fit")
+    y_min = float(np.exp(prob[-1].min()))
+    bounds = form.bounds(others, y_min)
+    lo = np.array([b[0] for b in bounds])
+    hi = np.array([b[1] for b in bounds])
+    starts = init if init is not None else _grid_starts(form, prob, others, cfg.d0)
+    args = (form, prob, cfg.huber_delta, cfg.d0)
+
+    def run(th, maxiter):
+        th = np.clip(th, lo, hi)
+        return minimize(_objective, th, args=args, jac=True, method="L-BFGS-B", bounds=bounds,
+                        options={"maxiter": maxiter, "ftol": 1e-13, "gtol": 1e-10})
+
+    if len(starts) > 3:
+        # Cheap screening of every start, then the best few to convergence.
+        short = sorted((run(s, 40) for s in starts), key=lambda r: r.fun)
+        results = [run(r.x, 3000) for r in short[:3]]
+    else:
+        results = [run(s, 3000) for s in starts]
+    best = min(results, key=lambda r: r.fun)
+    logL, _ = form.evaluate(best.x, *prob[:4], cfg.d0, jac=False)
+    rmse = float(np.sqrt(np.mean((logL - prob[-1]) ** 2)))
+    return TargetFit(target=target, form=form.name, theta=best.x, law=form.unpack(best.x, target, others),
+                     objective=float(best.fun), rmse_log=rmse, n_points=n, converged=bool(best.success),
+                     starts=len(starts))
+
+
+# ---- parallel driver ----------------------------------------------------------------------------------
+def _pool(cfg: FitConfig, n_jobs: int):
+    workers = cfg.workers or (os.cpu_count() or 1)
+    workers = max(1, min(workers, n_jobs))
+    if workers == 1:
+        return None
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
+    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+
+
+def _progress(total: int, desc: str, cfg: FitConfig):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, file=sys.stderr, disable=not cfg.progress or total <= 1,
+                leave=False, dynamic_ncols=True)
+
+
+def _map(fn, jobs: list, cfg: FitConfig, desc: str) -> list:
+    out = [None] * len(jobs)
+    pool = _pool(cfg, len(jobs))
+    with _progress(len(jobs), desc, cfg) as bar:
+        if pool is None:
+            for a, job in enumerate(jobs):
+                out[a] = fn(*job)
+                bar.update()
+        else:
+            with pool:
+                futs = {pool.submit(fn, *job): a for a, job in enumerate(jobs)}
+                for fut in as_completed(futs):
+                    out[futs[fut]] = fut.result()
+                    bar.update()
+    return out
+
+
+def _job_target(form_name, ds, i, cfg, rows=None, init=None):
+    return fit_target(FORMS[form_name], ds, i, cfg, rows=rows, init=init)
+
+
+def candidate_forms(ds: Dataset, cfg: FitConfig) -> tuple[list[str], list[str]]:
+    notes = []
+    if cfg.forms:
+        return list(cfg.forms), notes
+    forms = ["no_transfer", "transfer"]
+    if np.any(ds.D > ds.U):
+        forms.append("transfer_repetition")
+    else:
+        notes.append("no run saw more samples of a domain than its unique data: the repetition form is not "
+                     "identifiable and was not fitted")
+    return forms, notes
+
+
+def fit_forms(ds: Dataset, cfg: FitConfig) -> tuple[dict[str, FormFit], list[str]]:
+    forms, notes = candidate_forms(ds, cfg)
+    m = len(ds.domains)
+    jobs = [(f, ds, i, cfg) for f in forms for i in range(m)]
+    res = _map(_job_target, jobs, cfg, "fit")
+    fits = {f: FormFit(f, {}) for f in forms}
+    for (f, _, i, _), tf in zip(jobs, res):
+        fits[f].targets[ds.domains[i]] = tf
+    return fits, notes
+
+
+def cross_validate(ds: Dataset, fits: dict[str, FormFit], cfg: FitConfig) -> list[str]:
+    """Held-out error of each form: K folds over runs, warm-started from the full-data fit."""
+    k = min(cfg.cv_folds, ds.n_runs)
+    if k < 2:
+        return [f"only {ds.n_runs} run(s): forms cannot be compared on held-out runs"]
+    perm = np.random.default_rng(cfg.seed).permutation(ds.n_runs)
+    folds = [perm[a::k] for a in range(k)]
+    jobs, meta = [], []
+    for f, ff in fits.items():
+        for a, held in enumerate(folds):
+            train = np.flatnonzero(~np.isin(ds.run, held))
+            for i, d in enumerate(ds.domains):
+                jobs.append((f, ds, i, cfg, train, [ff.targets[d].theta]))
+                meta.append((f, a, i))
+    res = _map(_job_target, jobs, cfg, "cross-validate")
+    sq: dict[tuple[str, str], list[float]] = {}
+    for (f, a, i), tf in zip(meta, res):
+        test = np.flatnonzero(np.isin(ds.run, folds[a]))
+        D_own, D_oth, U_own, U_oth, logy = _problem(ds, i, test)
+        if len(logy) == 0:
+            continue
+        logL, _ = FORMS[f].evaluate(tf.theta, D_own, D_oth, U_own, U_oth, cfg.d0, jac=False)
+        sq.setdefault((f, ds.domains[i]), []).extend(((logL - logy) ** 2).tolist())
+    for f, ff in fits.items():
+        allsq = [v for d in ds.domains for v in sq.get((f, d), [])]
+        ff.cv_rmse_log = float(np.sqrt(np.mean(allsq))) if allsq else None
+        ff.cv_per_target = {d: float(np.sqrt(np.mean(sq[(f, d)]))) for d in ds.domains if (f, d) in sq}
+    return []
+
+
+def _job_boot(form_name, ds, cfg, b, thetas):
+    rng = np.random.default_rng([cfg.seed, 1 + b])
+    sample = ds.resample_runs(rng)
+    out = []
+    for i in range(len(ds.domains)):
+        if len(sample.target_points(i)) < 3:
+            out.append(None)  # this resample lacks the target: no estimate from it
+            continue
+        out.append(fit_target(FORMS[form_name], sample, i, cfg, init=[thetas[i]]).theta)
+    return out
+
+
+def bootstrap(ds: Dataset, ff: FormFit, cfg: FitConfig) -> dict[str, np.ndarray]:
+    """Parameter vectors of the chosen form refitted on `cfg.bootstrap` resamples of the runs."""
+    if cfg.bootstrap == 0:
+        return {}
+    thetas = [ff.targets[d].theta for d in ds.domains]
+    res = _map(_job_boot, [(ff.form, ds, cfg, b, thetas) for b in range(cfg.bootstrap)], cfg, "bootstrap")
+    return {d: np.asarray([r[i] for r in res if r[i] is not None]) for i, d in enumerate(ds.domains)}

@@ -1,0 +1,152 @@
+"""`laws.json` (`voxmix.laws/1`): the fitted laws of every target, how well they fit, and their uncertainty."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import LawfitError
+from .io import atomic_write_json, read_json
+from .laws import D0_DEFAULT, FORMS, TargetLaw, get_form, law_value_grad
+
+FORMAT = "voxmix.laws/1"
+
+
+@dataclass
+class Laws:
+    form: str
+    domains: list[str]
+    targets: dict[str, TargetLaw]
+    d0: float = D0_DEFAULT
+    unique_samples: dict[str, float] = field(default_factory=dict)
+    seconds_per_sample: dict[str, float] = field(default_factory=dict)
+    fit: dict[str, Any] = field(default_factory=dict)
+    alternatives: dict[str, dict[str, TargetLaw]] = field(default_factory=dict)
+    uncertainty: dict[str, Any] = field(default_factory=dict)
+
+    # ---- prediction ---------------------------------------------------------------------------------
+    @property
+    def U(self) -> np.ndarray:
+        return np.array([self.unique_samples.get(d, np.inf) for d in self.domains], dtype=np.float64)
+
+    def predict(self, D: np.ndarray, targets: dict[str, TargetLaw] | None = None) -> np.ndarray:
+        """Loss of every domain (columns) at rows of samples seen D (n, m)."""
+        targets = targets or self.targets
+        D = np.atleast_2d(np.asarray(D, dtype=np.float64))
+        return np.stack([law_value_grad(targets[d], self.domains, D, self.U, self.d0)[0] for d in self.domains],
+                        axis=1)
+
+    def value_grad(self, D: np.ndarray, targets: dict[str, TargetLaw] | None = None):
+        """Losses L (m,) at one point D (m,) and the Jacobian dL_i/dD_j (m, m)."""
+        targets = targets or self.targets
+        L, G = [], []
+        for d in self.domains:
+            v, g = law_value_grad(targets[d], self.domains, np.asarray(D, dtype=np.float64)[None], self.U, self.d0)
+            L.append(v[0])
+            G.append(g[0])
+        return np.array(L), np.array(G)
+
+    def bootstrap_targets(self) -> list[dict[str, TargetLaw]]:
+        """The laws refitted on each bootstrap resample (empty without uncertainty)."""
+        unc = self.uncertainty
+        if not unc or not unc.get("samples"):
+            return []
+        form = get_form(self.form)
+        per = {d: np.asarray(unc["samples"][d], dtype=np.float64) for d in self.domains}
+        n = min(len(v) for v in per.values())
+        return [{d: form.unpack(per[d][b], d, [o for o in self.domains if o != d]) for d in self.domains}
+                for b in range(n)]
+
+    def predict_interval(self, D: np.ndarray, level: float | None = None):
+        """(lo, hi) of the predicted losses at rows D over the bootstrap laws, or None without them."""
+        boots = self.bootstrap_targets()
+        if not boots:
+            return None
+        level = level or self.uncertainty.get("level", 0.9)
+        preds = np.stack([self.predict(D, t) for t in boots])
+        q = (1 - level) / 2
+        return np.quantile(preds, q, axis=0), np.quantile(preds, 1 - q, axis=0)
+
+    # ---- file ---------------------------------------------------------------------------------------
+    def to_json(self) -> dict:
+        return {
+            "format": FORMAT, "form": self.form, "form_description": FORMS[self.form].description,
+            "domains": self.domains, "d0": self.d0,
+            "targets": {d: self.targets[d].to_json() for d in self.domains},
+            "unique_samples": {d: u for d, u in self.unique_samples.items() if np.isfinite(u)},
+            "seconds_per_sample": self.seconds_per_sample, "fit": self.fit,
+            "alternatives": {f: {"targets": {d: t.to_json() for d, t in tg.items()}}
+                             for f, tg in self.alternatives.items()},
+            "uncertainty": self.uncertainty,
+        }
+
+    def save(self, path: str | os.PathLike) -> Path:
+        return atomic_write_json(path, self.to_json())
+
+    @classmethod
+    def from_json(cls, obj: Any, where: str) -> Laws:
+        if not isinstance(obj, dict):
+            raise LawfitError(f"{where}: expected a JSON object")
+        if obj.get("format") != FORMAT:
+            raise LawfitError(f"{where}: field 'format': expected '{FORMAT}', got {obj.get('format')!r}")
+        form = obj.get("form")
+        if form not in FORMS:
+            raise LawfitError(f"{where}: field 'form': unknown form {form!r} (known: {sorted(FORMS)})")
+        domains = obj.get("domains")
+        if not isinstance(domains, list) or not domains or not all(isinstance(d, str) for d in domains):
+            raise LawfitError(f"{where}: field 'domains': expected a non-empty list of names")
+        if len(set(domains)) != len(domains):
+            raise LawfitError(f"{where}: field 'domains': duplicate names")
+        tj = obj.get("targets")
+        if not isinstance(tj, dict):
+            raise LawfitError(f"{where}: field 'targets': expected an object")
+        missing = [d for d in domains if d not in tj]
+        if missing:
+            raise LawfitError(f"{where}: field 'targets': no law for domain(s) {missing}")
+
+        def parse_targets(tobj: dict, base: str) -> dict[str, TargetLaw]:
+            out = {}
+            for d, t in tobj.items():
+                if d not in domains:
+                    raise LawfitError(f"{where}: field '{base}.{d}': unknown domain '{d}'")
+                if not isinstance(t, dict):
+                    raise LawfitError(f"{where}: field '{base}.{d}': expected an object")
+                law = TargetLaw.from_json(d, t, where)
+                bad = [j for j in law.transfer if j not in domains or j == d]
+                if bad:
+                    raise LawfitError(f"{where}: field '{base}.{d}.transfer': unknown or self domain(s) {bad}")
+                out[d] = law
+            return out
+
+        d0 = obj.get("d0", D0_DEFAULT)
+        if not isinstance(d0, (int, float)) or not d0 > 0:
+            raise LawfitError(f"{where}: field 'd0': expected a positive number, got {d0!r}")
+
+        def domain_numbers(key: str) -> dict[str, float]:
+            m = obj.get(key) or {}
+            if not isinstance(m, dict):
+                raise LawfitError(f"{where}: field '{key}': expected an object")
+            for d, v in m.items():
+                if d not in domains:
+                    raise LawfitError(f"{where}: field '{key}.{d}': unknown domain '{d}'")
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+                    raise LawfitError(f"{where}: field '{key}.{d}': expected a positive number, got {v!r}")
+            return {d: float(v) for d, v in m.items()}
+
+        alts = {}
+        for f, a in (obj.get("alternatives") or {}).items():
+            if f not in FORMS or not isinstance(a, dict):
+                raise LawfitError(f"{where}: field 'alternatives.{f}': unknown form or not an object")
+            alts[f] = parse_targets(a.get("targets") or {}, f"alternatives.{f}.targets")
+        return cls(form=form, domains=list(domains), targets=parse_targets(tj, "targets"), d0=float(d0),
+                   unique_samples=domain_numbers("unique_samples"),
+                   seconds_per_sample=domain_numbers("seconds_per_sample"),
+                   fit=obj.get("fit") or {}, alternatives=alts, uncertainty=obj.get("uncertainty") or {})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Laws:
+        return cls.from_json(read_json(path), str(path))

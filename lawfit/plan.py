@@ -1,0 +1,111 @@
+"""`lawfit plan`: the pilot runs to fit the laws with, inside a fraction of the target budget."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import LawfitError
+
+FORMAT = "voxmix.plan/1"
+
+
+def eval_points(budget: int, n: int, span: float = 64.0) -> list[int]:
+    """n log-spaced evaluation points from budget/span to budget (distinct integers, the last = budget)."""
+    if budget < 1:
+        return []
+    pts = np.geomspace(max(1.0, budget / span), budget, n)
+    return sorted({max(1, int(round(p))) for p in pts} | {int(budget)})
+
+
+def make_plan(domains: list[str], unique: dict[str, int], target_budget: int, pilot_fraction: float, *,
+              n_mixtures: int | None = None, n_evals: int = 8, seed: int = 0,
+              max_epochs: float | None = None) -> dict:
+    if not domains:
+        raise LawfitError("--domains: give at least one domain")
+    if len(set(domains)) != len(domains):
+        raise LawfitError(f"--domains: duplicate names in {domains}")
+    missing = [d for d in domains if d not in unique]
+    if missing:
+        raise LawfitError(f"--unique: no unique-sample count for domain(s) {missing} (give d=N for each)")
+    extra = sorted(set(unique) - set(domains))
+    if extra:
+        raise LawfitError(f"--unique: domain(s) {extra} are not in --domains")
+    for d, u in unique.items():
+        if u <= 0:
+            raise LawfitError(f"--unique {d}={u}: must be a positive integer")
+    if target_budget <= 0:
+        raise LawfitError(f"--target-budget must be positive, got {target_budget}")
+    if not 0 < pilot_fraction <= 1:
+        raise LawfitError(f"--pilot-fraction must be in (0, 1], got {pilot_fraction}")
+    m = len(domains)
+    rng = np.random.default_rng(seed)
+    n_mix = max(2, m // 2) if n_mixtures is None else n_mixtures
+    runs = []
+    # Single-domain runs identify each domain's own law, and (evaluated on every domain) the transfer to
+    # the others; random mixtures fit the joint form; proportional and uniform mixes are held out.
+    for d in domains:
+        runs.append(("fit", f"pilot-{d}", {x: float(x == d) for x in domains}))
+    for a in range(n_mix if m > 1 else 0):
+        w = rng.dirichlet(np.ones(m))
+        runs.append(("fit", f"pilot-mix{a}", dict(zip(domains, map(float, w)))))
+    if m > 1:
+        total_u = sum(unique.values())
+        runs.append(("validate", "holdout-proportional", {d: unique[d] / total_u for d in domains}))
+        runs.append(("validate", "holdout-uniform", {d: 1.0 / m for d in domains}))
+    pilot_total = int(pilot_fraction * target_budget)
+    per_run = pilot_total // len(runs)
+    if per_run < 8:
+        raise LawfitError(f"pilot budget {pilot_total} samples over {len(runs)} runs leaves {per_run} per run; "
+                          "raise --pilot-fraction or --target-budget")
+    warnings = []
+    if target_budget / per_run > 100:
+        warnings.append(f"each pilot run sees {per_run} samples, {target_budget / per_run:.0f}x less than the "
+                        "target budget: predictions extrapolate more than 100x")
+    out_runs = []
+    for i, (role, run_id, mix) in enumerate(runs):
+        if max_epochs is not None:
+            for d, w in mix.items():
+                if w * per_run > unique[d] * max_epochs:
+                    warnings.append(f"run '{run_id}' repeats domain '{d}' beyond {max_epochs} epochs")
+        out_runs.append({"run_id": run_id, "role": role, "mixture": {d: round(w, 6) for d, w in mix.items()},
+                         "budget_samples": per_run, "eval_at": eval_points(per_run, n_evals), "seed": seed + i})
+    # Rounding to 6 digits must keep weights summing to 1 exactly enough for the trainer's check.
+    for r in out_runs:
+        s = sum(r["mixture"].values())
+        last = max(r["mixture"], key=r["mixture"].get)
+        r["mixture"][last] = round(r["mixture"][last] + 1.0 - s, 6)
+    return {"format": FORMAT, "domains": list(domains), "unique_samples": dict(unique),
+            "target_budget": int(target_budget), "pilot_fraction": pilot_fraction,
+            "pilot_samples": per_run * len(out_runs), "runs": out_runs, "warnings": warnings}
+
+
+def validate_plan(obj, where: str) -> dict:
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        raise LawfitError(f"{where}: field 'format': expected '{FORMAT}'")
+    domains = obj.get("domains")
+    if not isinstance(domains, list) or not domains:
+        raise LawfitError(f"{where}: field 'domains': expected a non-empty list")
+    runs = obj.get("runs")
+    if not isinstance(runs, list) or not runs:
+        raise LawfitError(f"{where}: field 'runs': expected a non-empty list")
+    ids = set()
+    for a, r in enumerate(runs):
+        base = f"runs[{a}]"
+        for key in ("run_id", "mixture", "budget_samples", "eval_at"):
+            if key not in r:
+                raise LawfitError(f"{where}: field '{base}.{key}' is missing")
+        if r["run_id"] in ids:
+            raise LawfitError(f"{where}: field '{base}.run_id': duplicate id {r['run_id']!r}")
+        ids.add(r["run_id"])
+        unknown = [d for d in r["mixture"] if d not in domains]
+        if unknown:
+            raise LawfitError(f"{where}: field '{base}.mixture': unknown domain(s) {unknown}")
+        w = list(r["mixture"].values())
+        if any((not isinstance(x, (int, float))) or x < 0 or x != x for x in w) or abs(sum(w) - 1) > 1e-6:
+            raise LawfitError(f"{where}: field '{base}.mixture': weights must be >= 0 and sum to 1, got {w}")
+        if not isinstance(r["budget_samples"], int) or r["budget_samples"] <= 0:
+            raise LawfitError(f"{where}: field '{base}.budget_samples': expected a positive integer")
+        ev = r["eval_at"]
+        if not isinstance(ev, list) or any(not isinstance(x, int) or x <= 0 for x in ev) or ev != sorted(set(ev)):
+            raise LawfitError(f"{where}: field '{base}.eval_at': expected increasing positive integers")
+    return obj
