@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from kernels import _ext
+
 
 def normalize_patch(patch) -> tuple[int, int, int]:
     """(p,) / p / (pd, ph, pw) -> (pd, ph, pw) of positive ints, with a readable error otherwise."""
@@ -77,11 +79,82 @@ def unpatchify_ref(patches: torch.Tensor, patch, shape) -> torch.Tensor:
     return y.reshape(b, c, d, h, w)
 
 
+# ---------------------------------------------------------------------------------------------------
+# Custom ops. CPU: C++ (csrc/patchify) when built, else the reference. CUDA: the reference permute
+# copy, which ATen runs near HBM bandwidth (see the note in csrc/patchify/patchify.h).
+
+
+def _patchify_impl(x: torch.Tensor, pd: int, ph: int, pw: int) -> torch.Tensor:
+    mod = _ext.ext() if x.device.type == "cpu" else None
+    if mod is not None:
+        return mod.patchify_cpu(x, pd, ph, pw)
+    return patchify_ref(x, (pd, ph, pw)).contiguous()
+
+
+def _unpatchify_impl(
+    p: torch.Tensor, pd: int, ph: int, pw: int, c: int, d: int, h: int, w: int
+) -> torch.Tensor:
+    mod = _ext.ext() if p.device.type == "cpu" else None
+    if mod is not None:
+        return mod.unpatchify_cpu(p, pd, ph, pw, c, d, h, w)
+    return unpatchify_ref(p, (pd, ph, pw), (p.shape[0], c, d, h, w)).contiguous()
+
+
+@torch.library.custom_op("voxmix::patchify", mutates_args=())
+def _patchify_op(x: torch.Tensor, pd: int, ph: int, pw: int) -> torch.Tensor:
+    return _patchify_impl(x, pd, ph, pw)
+
+
+@_patchify_op.register_fake
+def _(x, pd, ph, pw):
+    b, c, d, h, w = x.shape
+    return x.new_empty((b, (d // pd) * (h // ph) * (w // pw), c * pd * ph * pw))
+
+
+@torch.library.custom_op("voxmix::unpatchify", mutates_args=())
+def _unpatchify_op(
+    p: torch.Tensor, pd: int, ph: int, pw: int, c: int, d: int, h: int, w: int
+) -> torch.Tensor:
+    return _unpatchify_impl(p, pd, ph, pw, c, d, h, w)
+
+
+@_unpatchify_op.register_fake
+def _(p, pd, ph, pw, c, d, h, w):
+    return p.new_empty((p.shape[0], c, d, h, w))
+
+
+def _patchify_setup(ctx, inputs, output):
+    x, ctx.pd, ctx.ph, ctx.pw = inputs
+    ctx.shape = tuple(x.shape[1:])
+
+
+def _patchify_bwd(ctx, grad):
+    # patchify is a permutation: its adjoint is unpatchify.
+    return _unpatchify_op(grad.contiguous(), ctx.pd, ctx.ph, ctx.pw, *ctx.shape), None, None, None
+
+
+def _unpatchify_setup(ctx, inputs, output):
+    ctx.pd, ctx.ph, ctx.pw = inputs[1:4]
+
+
+def _unpatchify_bwd(ctx, grad):
+    return (_patchify_op(grad.contiguous(), ctx.pd, ctx.ph, ctx.pw),) + (None,) * 7
+
+
+_patchify_op.register_autograd(_patchify_bwd, setup_context=_patchify_setup)
+_unpatchify_op.register_autograd(_unpatchify_bwd, setup_context=_unpatchify_setup)
+
+
 def patchify(x: torch.Tensor, patch) -> torch.Tensor:
-    """(B, C, D, H, W) -> (B, N, C*pd*ph*pw); differentiable."""
-    return patchify_ref(x, patch).contiguous()
+    """(B, C, D, H, W) -> (B, N, C*pd*ph*pw), contiguous; differentiable (backward = unpatchify)."""
+    _check_volume(x)
+    pd, ph, pw = normalize_patch(patch)
+    grid_shape(x.shape, (pd, ph, pw))
+    return _patchify_op(x, pd, ph, pw)
 
 
 def unpatchify(patches: torch.Tensor, patch, shape) -> torch.Tensor:
-    """(B, N, C*pd*ph*pw) -> (B, C, D, H, W); differentiable."""
-    return unpatchify_ref(patches, patch, shape).contiguous()
+    """(B, N, C*pd*ph*pw) -> (B, C, D, H, W); `shape` is (D, H, W), (C, D, H, W) or (B, C, D, H, W)."""
+    pd, ph, pw = normalize_patch(patch)
+    _, c, d, h, w = volume_shape(patches, (pd, ph, pw), shape)
+    return _unpatchify_op(patches, pd, ph, pw, c, d, h, w)
