@@ -3,8 +3,19 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
 
-from kernels.patchify import _check_volume, grid_shape, normalize_patch, patchify_ref
+from kernels import _ext
+from kernels.patchify import (
+    _check_volume,
+    grid_shape,
+    normalize_patch,
+    patchify,
+    patchify_ref,
+    unpatchify_ref,
+)
 
 
 def resolve_patch(x: torch.Tensor, weight: torch.Tensor, patch) -> tuple[int, int, int]:
@@ -43,6 +54,289 @@ def patch_embed3d_ref(x, weight, bias, pos=None, patch=None, *, upcast=False):
     return y.to(dtype)
 
 
+# ---------------------------------------------------------------------------------------------------
+# Triton kernels. The (tokens x C*pd*ph*pw) patch matrix is never built: each program computes the
+# volume address of every (token, k) in its tile and loads straight into the matmul operand.
+
+
+def _configs(kind):
+    if _ext.interpreter():
+        return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16}, num_warps=1, num_stages=1)]
+    # Hopper tiles: E = 768/1024 and K = C*16^3 are multiples of 128; the gathered operand is loaded
+    # with cp.async, so 3-4 stages hide its irregular addresses behind the tensor-core work.
+    shapes = {
+        "fwd": [(128, 128, 64, 8, 3), (128, 64, 64, 4, 4), (64, 128, 64, 4, 4), (128, 256, 32, 8, 3)],
+        "dx": [(128, 128, 64, 8, 3), (64, 128, 64, 4, 4), (128, 64, 32, 4, 4)],
+        "dw": [(128, 128, 64, 8, 3), (64, 128, 64, 4, 4), (128, 64, 64, 4, 4)],
+    }[kind]
+    return [
+        triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=s)
+        for m, n, k, w, s in shapes
+    ]
+
+
+@triton.jit
+def _patch_offsets(
+    offs_m, offs_k, N, GH, GW, sxb, sxc, sxd, sxh, sxw, PD: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr
+):
+    """Volume offsets of patch-matrix entries: rows are tokens (b, raster index), columns (c, i, j, l)."""
+    b = offs_m // N
+    t = offs_m % N
+    row = b * sxb + (t // (GH * GW)) * (PD * sxd) + ((t // GW) % GH) * (PH * sxh) + (t % GW) * (PW * sxw)
+    r = offs_k % (PD * PH * PW)
+    col = (offs_k // (PD * PH * PW)) * sxc + (r // (PH * PW)) * sxd + ((r // PW) % PH) * sxh + (r % PW) * sxw
+    return row[:, None] + col[None, :]
+
+
+@triton.autotune(configs=_configs("fwd"), key=["E", "K", "PD", "PH", "PW"])
+@triton.jit
+def _patch_embed_fwd_kernel(
+    X, W, BIAS, POS, Y,  # pointers (Y contiguous (B*N, E); POS contiguous (N, E))
+    M, E, K, N, GH, GW,  # sizes: M = B*N tokens, K = C*pd*ph*pw, (GD,) GH, GW patch grid
+    sxb, sxc, sxd, sxh, sxw, swe, swk,  # strides
+    PD: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,  # constexpr: k -> (c, i, j, l) by shifts/muls
+    HAS_BIAS: tl.constexpr, HAS_POS: tl.constexpr, DOT_PREC: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_m = offs_m < M
+    mask_n = offs_n < E
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        mask_k = offs_k < K
+        a_off = _patch_offsets(offs_m, offs_k, N, GH, GW, sxb, sxc, sxd, sxh, sxw, PD, PH, PW)
+        a = tl.load(X + a_off, mask=mask_m[:, None] & mask_k[None, :], other=0.0)
+        wt = tl.load(
+            W + offs_n[None, :] * swe + offs_k[:, None] * swk,
+            mask=mask_k[:, None] & mask_n[None, :],
+            other=0.0,
+        )
+        acc = tl.dot(a, wt, acc, input_precision=DOT_PREC)
+    if HAS_BIAS:
+        acc += tl.load(BIAS + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+    mask = mask_m[:, None] & mask_n[None, :]
+    if HAS_POS:
+        acc += tl.load(POS + (offs_m % N)[:, None] * E + offs_n[None, :], mask=mask, other=0.0).to(tl.float32)
+    tl.store(Y + offs_m[:, None] * E + offs_n[None, :], acc.to(Y.dtype.element_ty), mask=mask)
+
+
+@triton.autotune(configs=_configs("dx"), key=["E", "K", "PD", "PH", "PW"])
+@triton.jit
+def _patch_embed_bwd_dx_kernel(
+    DY, W, DX,  # pointers (DY contiguous (B*N, E); DX contiguous like x)
+    M, E, K, N, GH, GW,  # sizes
+    sxb, sxc, sxd, sxh, sxw, swe, swk,  # strides (of DX, and of W)
+    PD: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr, DOT_PREC: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    # dX patches (tokens x K) = dY @ W, scattered back: patches do not overlap, so plain stores.
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_k = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+    mask_m = offs_m < M
+    mask_k = offs_k < K
+    acc = tl.zeros([BLOCK_M, BLOCK_K], dtype=tl.float32)
+    for e0 in range(0, E, BLOCK_N):
+        offs_e = e0 + tl.arange(0, BLOCK_N)
+        mask_e = offs_e < E
+        dy = tl.load(
+            DY + offs_m[:, None] * E + offs_e[None, :], mask=mask_m[:, None] & mask_e[None, :], other=0.0
+        )
+        w = tl.load(
+            W + offs_e[:, None] * swe + offs_k[None, :] * swk,
+            mask=mask_e[:, None] & mask_k[None, :],
+            other=0.0,
+        )
+        acc = tl.dot(dy, w, acc, input_precision=DOT_PREC)
+    off = _patch_offsets(offs_m, offs_k, N, GH, GW, sxb, sxc, sxd, sxh, sxw, PD, PH, PW)
+    tl.store(DX + off, acc.to(DX.dtype.element_ty), mask=mask_m[:, None] & mask_k[None, :])
+
+
+@triton.autotune(configs=_configs("dw"), key=["E", "K", "PD", "PH", "PW"])
+@triton.jit
+def _patch_embed_bwd_dw_kernel(
+    DY, X, DW,  # pointers (DY contiguous (B*N, E); DW contiguous (E, K))
+    M, E, K, N, GH, GW,  # sizes
+    sxb, sxc, sxd, sxh, sxw,  # strides of X
+    PD: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr, DOT_PREC: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    # dW (E x K) = dY^T @ patches, reducing over all tokens; tiles: BLOCK_N rows of E, BLOCK_K of K.
+    offs_e = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+    mask_e = offs_e < E
+    mask_k = offs_k < K
+    acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
+    for m0 in range(0, M, BLOCK_M):
+        offs_m = m0 + tl.arange(0, BLOCK_M)
+        mask_m = offs_m < M
+        dyt = tl.load(
+            DY + offs_m[None, :] * E + offs_e[:, None], mask=mask_e[:, None] & mask_m[None, :], other=0.0
+        )
+        a_off = _patch_offsets(offs_m, offs_k, N, GH, GW, sxb, sxc, sxd, sxh, sxw, PD, PH, PW)
+        a = tl.load(X + a_off, mask=mask_m[:, None] & mask_k[None, :], other=0.0)
+        acc = tl.dot(dyt, a, acc, input_precision=DOT_PREC)
+    tl.store(
+        DW + offs_e[:, None] * K + offs_k[None, :],
+        acc.to(DW.dtype.element_ty),
+        mask=mask_e[:, None] & mask_k[None, :],
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Launchers
+
+
+def _geometry(x, patch):
+    b, c, d, h, w = x.shape
+    pd, ph, pw = patch
+    gd, gh, gw = d // pd, h // ph, w // pw
+    return b * gd * gh * gw, gd * gh * gw, gh, gw, c * pd * ph * pw
+
+
+def _prec(t):
+    return "ieee" if t.dtype == torch.float32 else "tf32"
+
+
+def patch_embed3d_fwd(x, weight, bias, pos, patch):
+    """Triton forward -> tokens (B, N, E) contiguous, in x's dtype."""
+    m, n, gh, gw, k = _geometry(x, patch)
+    e = weight.shape[0]
+    y = x.new_empty((x.shape[0], n, e))
+    pos = pos.contiguous() if pos is not None else None
+    grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(e, meta["BLOCK_N"]))
+    _patch_embed_fwd_kernel[grid](
+        x, weight, bias if bias is not None else y, pos if pos is not None else y, y,
+        m, e, k, n, gh, gw, *x.stride(), *weight.stride(), *patch,
+        HAS_BIAS=bias is not None, HAS_POS=pos is not None, DOT_PREC=_prec(x),
+    )  # fmt: skip
+    return y
+
+
+def patch_embed3d_bwd(dy, x, weight, patch, need_dx, need_dw):
+    """Triton backward -> (dx or empty, dw or empty)."""
+    m, n, gh, gw, k = _geometry(x, patch)
+    e = weight.shape[0]
+    dy = dy.contiguous()
+    dx = x.new_empty(x.shape) if need_dx else x.new_empty(0)
+    dw = weight.new_empty(weight.shape) if need_dw else weight.new_empty(0)
+    if need_dx:
+        grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(k, meta["BLOCK_K"]))
+        _patch_embed_bwd_dx_kernel[grid](
+            dy, weight, dx, m, e, k, n, gh, gw, *dx.stride(), *weight.stride(), *patch, DOT_PREC=_prec(x)
+        )
+    if need_dw:
+        grid = lambda meta: (triton.cdiv(e, meta["BLOCK_N"]), triton.cdiv(k, meta["BLOCK_K"]))
+        _patch_embed_bwd_dw_kernel[grid](
+            dy, x, dw, m, e, k, n, gh, gw, *x.stride(), *patch, DOT_PREC=_prec(x)
+        )
+    return dx, dw
+
+
+# ---------------------------------------------------------------------------------------------------
+# Custom ops (CUDA, or CPU under the Triton interpreter; other CPU calls use the reference math)
+
+
+def _use_triton(t):
+    return t.is_cuda or _ext.interpreter()
+
+
+@torch.library.custom_op("voxmix::patch_embed3d_fwd", mutates_args=())
+def _patch_embed_fwd_op(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    pos: torch.Tensor | None,
+    pd: int,
+    ph: int,
+    pw: int,
+) -> torch.Tensor:
+    if _use_triton(x):
+        return patch_embed3d_fwd(x, weight, bias, pos, (pd, ph, pw))
+    return patch_embed3d_ref(x, weight, bias, pos, (pd, ph, pw)).contiguous()
+
+
+@_patch_embed_fwd_op.register_fake
+def _(x, weight, bias, pos, pd, ph, pw):
+    _, n, _, _, _ = _geometry(x, (pd, ph, pw))
+    return x.new_empty((x.shape[0], n, weight.shape[0]))
+
+
+@torch.library.custom_op("voxmix::patch_embed3d_bwd", mutates_args=())
+def _patch_embed_bwd_op(
+    dy: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    pd: int,
+    ph: int,
+    pw: int,
+    need_dx: bool,
+    need_dw: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    if _use_triton(x):
+        return patch_embed3d_bwd(dy, x, weight, (pd, ph, pw), need_dx, need_dw)
+    a = patchify_ref(x, (pd, ph, pw)).reshape(-1, weight.shape[1])
+    dy2 = dy.reshape(-1, weight.shape[0])
+    dx = x.new_empty(0)
+    if need_dx:
+        dx = unpatchify_ref(
+            (dy2 @ weight).reshape(x.shape[0], -1, weight.shape[1]), (pd, ph, pw), x.shape
+        ).contiguous()
+    dw = (dy2.t() @ a).to(weight.dtype) if need_dw else weight.new_empty(0)
+    return dx, dw
+
+
+@_patch_embed_bwd_op.register_fake
+def _(dy, x, weight, pd, ph, pw, need_dx, need_dw):
+    dx = x.new_empty(x.shape) if need_dx else x.new_empty(0)
+    return dx, (weight.new_empty(weight.shape) if need_dw else weight.new_empty(0))
+
+
+def _setup(ctx, inputs, output):
+    x, weight, bias, pos, pd, ph, pw = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.patch = (pd, ph, pw)
+    ctx.has_bias, ctx.has_pos = bias is not None, pos is not None
+
+
+def _backward(ctx, dy):
+    x, weight = ctx.saved_tensors
+    need_dx, need_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    dx = dw = dbias = dpos = None
+    if need_dx or need_dw:
+        dx, dw = _patch_embed_bwd_op(dy, x, weight, *ctx.patch, need_dx, need_dw)
+        dx, dw = (dx if need_dx else None), (dw if need_dw else None)
+    if ctx.has_bias and ctx.needs_input_grad[2]:
+        dbias = dy.sum(dim=(0, 1), dtype=torch.float32).to(weight.dtype)
+    if ctx.has_pos and ctx.needs_input_grad[3]:
+        dpos = dy.sum(dim=0, dtype=torch.float32).to(dy.dtype)
+    return dx, dw, dbias, dpos, None, None, None
+
+
+_patch_embed_fwd_op.register_autograd(_backward, setup_context=_setup)
+
+
+# ---------------------------------------------------------------------------------------------------
+# API
+
+
 def patch_embed3d(x, weight, bias, pos=None, patch=None):
-    """(B, C, D, H, W) -> (B, N, E); weight is Conv3d.weight.reshape(E, -1); pos optional (N, E)."""
-    return patch_embed3d_ref(x, weight, bias, pos, patch)
+    """(B, C, D, H, W) -> (B, N, E) = patchify(x) @ weight.T + bias (+ pos), weight = Conv3d.weight.reshape(E, -1).
+
+    CUDA (or CPU with TRITON_INTERPRET=1): the Triton custom op; plain CPU: C++ patchify + ATen matmul.
+    `patch=None` infers a cubic patch from the weight.
+    """
+    pd, ph, pw = resolve_patch(x, weight, patch)
+    n = (x.shape[2] // pd) * (x.shape[3] // ph) * (x.shape[4] // pw)
+    e = weight.shape[0]
+    if bias is not None and tuple(bias.shape) != (e,):
+        raise ValueError(f"bias must have shape (E,)=({e},), got {tuple(bias.shape)}")
+    if pos is not None and tuple(pos.shape) != (n, e):
+        raise ValueError(f"pos must have shape (N, E)=({n}, {e}), got {tuple(pos.shape)}")
+    if x.dtype != weight.dtype:
+        raise ValueError(f"x and weight must share a dtype, got {x.dtype} and {weight.dtype}")
+    if not _use_triton(x):
+        y = F.linear(patchify(x, (pd, ph, pw)), weight, bias)
+        return y if pos is None else y + pos
+    return _patch_embed_fwd_op(x, weight, bias, pos, pd, ph, pw)
