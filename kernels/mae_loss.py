@@ -10,8 +10,8 @@ from kernels import _ext
 from kernels.patchify import grid_shape, normalize_patch, patchify_ref
 
 
-def _target_ref(x, mask_idx, patch, norm_pix, eps):
-    target = patchify_ref(x.detach(), patch).float()
+def _target_ref(x, mask_idx, patch, norm_pix, eps, dtype=torch.float32):
+    target = patchify_ref(x.detach(), patch).to(dtype)
     target = torch.gather(target, 1, mask_idx[:, :, None].expand(-1, -1, target.shape[-1]))
     if norm_pix:
         mean = target.mean(dim=-1, keepdim=True)
@@ -21,9 +21,13 @@ def _target_ref(x, mask_idx, patch, norm_pix, eps):
 
 
 def mae_loss_ref(pred, x, mask_idx, patch, *, norm_pix=True, eps=1e-6):
-    """Plain PyTorch MAE loss (computed in fp32) -> (loss, per_sample (B,)); materializes the targets."""
-    target = _target_ref(x, mask_idx, normalize_patch(patch), norm_pix, eps)
-    per_sample = ((pred.float() - target) ** 2).mean(dim=(1, 2))
+    """Plain PyTorch MAE loss -> (loss, per_sample (B,)); materializes the targets.
+
+    Computed in fp32, or in fp64 when pred or x is fp64 (the tests' exact reference).
+    """
+    dtype = torch.float64 if torch.float64 in (pred.dtype, x.dtype) else torch.float32
+    target = _target_ref(x, mask_idx, normalize_patch(patch), norm_pix, eps, dtype)
+    per_sample = ((pred.to(dtype) - target) ** 2).mean(dim=(1, 2))
     return per_sample.mean(), per_sample
 
 
