@@ -37,7 +37,7 @@ def _attention_bwd_preprocess_kernel(
     N_CTX, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
 ):  # fmt: skip
     pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
+    pid_bh = tl.program_id(1).to(tl.int64)  # int64: B*H*N*Dh may pass 2^31 for large batches
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     mask = (offs_m[:, None] < N_CTX) & (offs_d[None, :] < HEAD_DIM)
@@ -61,7 +61,7 @@ def _attention_bwd_dkdv_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     pid_n = tl.program_id(0)
-    pid_bh = tl.program_id(1)
+    pid_bh = tl.program_id(1).to(tl.int64)  # int64: B*H*N*Dh may pass 2^31 for large batches
     b = pid_bh // H
     h = pid_bh % H
     kv_len = N_CTX
@@ -118,7 +118,7 @@ def _attention_bwd_dq_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
+    pid_bh = tl.program_id(1).to(tl.int64)  # int64: B*H*N*Dh may pass 2^31 for large batches
     b = pid_bh // H
     h = pid_bh % H
     kv_len = N_CTX

@@ -80,7 +80,7 @@ def _patch_offsets(
     offs_m, offs_k, N, GH, GW, sxb, sxc, sxd, sxh, sxw, PD: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr
 ):
     """Volume offsets of patch-matrix entries: rows are tokens (b, raster index), columns (c, i, j, l)."""
-    b = offs_m // N
+    b = (offs_m // N).to(tl.int64)  # int64: B * C*D*H*W may pass 2^31 for large batches of big crops
     t = offs_m % N
     row = b * sxb + (t // (GH * GW)) * (PD * sxd) + ((t // GW) % GH) * (PH * sxh) + (t % GW) * (PW * sxw)
     r = offs_k % (PD * PH * PW)
@@ -297,7 +297,8 @@ def _setup(ctx, inputs, output):
     x, weight, bias, pos, pd, ph, pw = inputs
     ctx.save_for_backward(x, weight)
     ctx.patch = (pd, ph, pw)
-    ctx.has_bias, ctx.has_pos = bias is not None, pos is not None
+    ctx.bias_dtype = None if bias is None else bias.dtype
+    ctx.pos_dtype = None if pos is None else pos.dtype
 
 
 def _backward(ctx, dy):
@@ -307,10 +308,10 @@ def _backward(ctx, dy):
     if need_dx or need_dw:
         dx, dw = _patch_embed_bwd_op(dy, x, weight, *ctx.patch, need_dx, need_dw)
         dx, dw = (dx if need_dx else None), (dw if need_dw else None)
-    if ctx.has_bias and ctx.needs_input_grad[2]:
-        dbias = dy.sum(dim=(0, 1), dtype=torch.float32).to(weight.dtype)
-    if ctx.has_pos and ctx.needs_input_grad[3]:
-        dpos = dy.sum(dim=0, dtype=torch.float32).to(dy.dtype)
+    if ctx.bias_dtype is not None and ctx.needs_input_grad[2]:
+        dbias = dy.sum(dim=(0, 1), dtype=torch.float32).to(ctx.bias_dtype)
+    if ctx.pos_dtype is not None and ctx.needs_input_grad[3]:
+        dpos = dy.sum(dim=0, dtype=torch.float32).to(ctx.pos_dtype)
     return dx, dw, dbias, dpos, None, None, None
 
 
