@@ -11,12 +11,14 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from kernels._ext import interpreter
+from kernels._ext import autotune, interpreter
 
 
 def bwd_configs():
     if interpreter():
         return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=1, num_stages=1)]
+    if not autotune():
+        return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32}, num_warps=4, num_stages=2)]
     # Backward holds two (BLOCK, D) accumulators plus K, V (or Q, dO) tiles: 64x64 tiles keep that
     # in registers at D = 128 on Hopper; 128x64 / 64x128 pay off for long sequences at D = 64.
     return [

@@ -43,3 +43,8 @@ def ext():
 def interpreter() -> bool:
     """True when Triton runs in interpreter mode (CPU tensors; read when kernel modules are imported)."""
     return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def autotune() -> bool:
+    """False when VOXMIX_AUTOTUNE=0: one safe config per kernel (GPU tests: compile once, not per config)."""
+    return os.environ.get("VOXMIX_AUTOTUNE", "1") != "0"

@@ -62,6 +62,8 @@ def patch_embed3d_ref(x, weight, bias, pos=None, patch=None, *, upcast=False):
 def _configs(kind):
     if _ext.interpreter():
         return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16}, num_warps=1, num_stages=1)]
+    if not _ext.autotune():
+        return [triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=2)]
     # Hopper tiles: E = 768/1024 and K = C*16^3 are multiples of 128; the gathered operand is loaded
     # with cp.async, so 3-4 stages hide its irregular addresses behind the tensor-core work.
     shapes = {
