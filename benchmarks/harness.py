@@ -41,7 +41,9 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def measure(fn: Callable[[], object], *, device: str, warmup: int = 3, min_reps: int = 5, min_time_s: float = 0.5) -> Timing:
+def measure(
+    fn: Callable[[], object], *, device: str, warmup: int = 3, min_reps: int = 5, min_time_s: float = 0.5
+) -> Timing:
     """Time `fn` (which must do the whole measured work, e.g. forward + backward)."""
     if device == "cuda":
         import triton.testing
@@ -90,8 +92,15 @@ def fwd_bwd_fns(forward: Callable[[], torch.Tensor], inputs: list[torch.Tensor])
 def _git_sha() -> str:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "kernels", "csrc"], cwd=root, capture_output=True, text=True).stdout
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "kernels", "csrc"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+        ).stdout
         return sha.strip() + ("-dirty" if dirty.strip() else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -189,7 +198,9 @@ def default_out(bench: str) -> str:
 
 
 def print_table(headers: list[str], rows: list[list]) -> None:
-    cells = [[h for h in headers]] + [[f"{c:.3g}" if isinstance(c, float) else str(c) for c in r] for r in rows]
+    cells = [[h for h in headers]] + [
+        [f"{c:.3g}" if isinstance(c, float) else str(c) for c in r] for r in rows
+    ]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     for j, r in enumerate(cells):
         print("  ".join(c.rjust(w) for c, w in zip(r, widths)))

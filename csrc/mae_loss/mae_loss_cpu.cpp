@@ -12,6 +12,22 @@
 
 namespace {
 
+// Sum of f(v) for v < n in float64, in 8 independent lanes: the lanes need no reassociation, so the
+// compiler vectorizes the loop (a single running double sum is a serial chain of dependent adds,
+// which made this op 3x slower).
+template <typename F>
+inline double lane_sum(int64_t n, F f) {
+  constexpr int L = 8;
+  double lanes[L] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t v = 0;
+  for (; v + L <= n; v += L)
+    for (int l = 0; l < L; ++l) lanes[l] += static_cast<double>(f(v + l));
+  double s = 0.0;
+  for (; v < n; ++v) s += static_cast<double>(f(v));
+  for (int l = 0; l < L; ++l) s += lanes[l];
+  return s;
+}
+
 template <typename xt, typename pt>
 void mae_rows(const at::Tensor& pred, const at::Tensor& x, const at::Tensor& idx, int64_t pd, int64_t ph,
               int64_t pw, bool norm_pix, double eps, at::Tensor& row_loss, at::Tensor* grad) {
@@ -36,29 +52,35 @@ void mae_rows(const at::Tensor& pred, const at::Tensor& x, const at::Tensor& idx
                   ") for a volume of ", D, "x", H, "x", W, " with patch ", pd, "x", ph, "x", pw);
       const int64_t z = n / (gh * gw), y = (n / gw) % gh, xw = n % gw;
       int64_t k = 0;
-      double sum = 0.0;
       for (int64_t c = 0; c < C; ++c)
         for (int64_t i = 0; i < pd; ++i)
-          for (int64_t j = 0; j < ph; ++j) {
+          for (int64_t j = 0; j < ph; ++j, k += pw) {
             const xt* src = xp + (b * C + c) * DHW + (z * pd + i) * HW + (y * ph + j) * W + xw * pw;
-            for (int64_t l = 0; l < pw; ++l, ++k) {
-              t[k] = static_cast<float>(src[l]);
-              sum += t[k];
-            }
+            for (int64_t l = 0; l < pw; ++l) t[k + l] = static_cast<float>(src[l]);
           }
       float mean = 0.0f, inv_std = 1.0f;
       if (norm_pix) {
-        mean = static_cast<float>(sum / V);
-        double ss = 0.0;  // two-pass variance: no cancellation for volumes with a large offset
-        for (int64_t v = 0; v < V; ++v) ss += double(t[v] - mean) * double(t[v] - mean);
+        const float* tp = t.data();
+        mean = static_cast<float>(lane_sum(V, [&](int64_t v) { return tp[v]; }) / V);
+        // Two-pass variance: no cancellation for volumes with a large offset (CT in HU).
+        const double ss = lane_sum(V, [&](int64_t v) { return (tp[v] - mean) * (tp[v] - mean); });
         inv_std = static_cast<float>(1.0 / std::sqrt(ss / (V - 1) + eps));
       }
       const pt* prow = pp + r * V;
-      double acc = 0.0;
-      for (int64_t v = 0; v < V; ++v) {
-        const float diff = static_cast<float>(prow[v]) - (t[v] - mean) * inv_std;
-        acc += double(diff) * diff;
-        if (gp) gp[r * V + v] = static_cast<pt>(diff * gscale);
+      const float* tp = t.data();
+      double acc;
+      if (gp) {
+        pt* grow = gp + r * V;
+        acc = lane_sum(V, [&](int64_t v) {
+          const float diff = static_cast<float>(prow[v]) - (tp[v] - mean) * inv_std;
+          grow[v] = static_cast<pt>(diff * gscale);
+          return diff * diff;
+        });
+      } else {
+        acc = lane_sum(V, [&](int64_t v) {
+          const float diff = static_cast<float>(prow[v]) - (tp[v] - mean) * inv_std;
+          return diff * diff;
+        });
       }
       lp[r] = static_cast<float>(acc);
     }
