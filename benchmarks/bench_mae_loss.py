@@ -32,44 +32,47 @@ def _peak(device):
 
 
 def run(rec, device, dtype, shapes):
-    table = []
     peak = _peak(device)
-    for b, side, p, mask_ratio in shapes:
-        x = torch.randn(b, 1, side, side, side, device=device, dtype=dtype)
-        n, v = (side // p) ** 3, p**3
-        m = int(round(n * mask_ratio))
-        idx = torch.stack([torch.randperm(n, device=device)[:m] for _ in range(b)])
-        pred = torch.randn(b, m, v, device=device, dtype=dtype, requires_grad=True)
-        nbytes = 3 * b * m * v * x.element_size() + idx.numel() * 8
-        config = {"B": b, "side": side, "patch": p, "M": m, "dtype": str(dtype).removeprefix("torch.")}
+    table = [_one_shape(rec, device, dtype, peak, *shape) for shape in shapes]
+    ratio_names = [k for k in rec.rows[-1] if k.startswith("vs_")]
+    print_table(["shape", "ms", "GB/s", "% HBM", *[f"x {k}" for k in ratio_names]], table)
 
-        def step(fn):
-            loss, per_sample = fn(pred, x, idx, p)
-            return torch.autograd.grad(loss, pred)
 
-        backends = {"voxmix": lambda: step(mae_loss), "pytorch": lambda: step(mae_loss_ref)}
-        if device == "cuda":
-            compiled = torch.compile(mae_loss_ref)
-            backends["pytorch-compiled"] = lambda: step(compiled)
-        ms = {}
-        for name, fn in backends.items():
-            t = measure(fn, device=device)
-            ms[name] = t.ms
-            bw = gbps(nbytes, t.ms)
-            rec.add(
-                config=config,
-                backend=name,
-                mode="fwd+grad",
-                timing=t,
-                gbps=bw,
-                hbm_fraction=bw / peak if peak else None,
-            )
-        ours = ms["voxmix"]
-        ratios = {f"vs_{k}": ms[k] / ours for k in ms if k != "voxmix"}
-        rec.add(config=config, backend="voxmix", mode="fwd+grad:ratio", timing=None, **ratios)
-        frac = f"{gbps(nbytes, ours) / peak:.0%}" if peak else "-"
-        table.append([f"{b}x{side}^3/p{p}/M{m}", ours, gbps(nbytes, ours), frac, *ratios.values()])
-    print_table(["shape", "ms", "GB/s", "% HBM", *[f"x {k}" for k in ratios]], table)
+def _one_shape(rec, device, dtype, peak, b, side, p, mask_ratio):
+    x = torch.randn(b, 1, side, side, side, device=device, dtype=dtype)
+    n, v = (side // p) ** 3, p**3
+    m = int(round(n * mask_ratio))
+    idx = torch.stack([torch.randperm(n, device=device)[:m] for _ in range(b)])
+    pred = torch.randn(b, m, v, device=device, dtype=dtype, requires_grad=True)
+    nbytes = 3 * b * m * v * x.element_size() + idx.numel() * 8
+    config = {"B": b, "side": side, "patch": p, "M": m, "dtype": str(dtype).removeprefix("torch.")}
+
+    def step(fn):
+        loss, per_sample = fn(pred, x, idx, p)
+        return torch.autograd.grad(loss, pred)
+
+    backends = {"voxmix": lambda: step(mae_loss), "pytorch": lambda: step(mae_loss_ref)}
+    if device == "cuda":
+        compiled = torch.compile(mae_loss_ref)
+        backends["pytorch-compiled"] = lambda: step(compiled)
+    ms = {}
+    for name, fn in backends.items():
+        t = measure(fn, device=device)
+        ms[name] = t.ms
+        bw = gbps(nbytes, t.ms)
+        rec.add(
+            config=config,
+            backend=name,
+            mode="fwd+grad",
+            timing=t,
+            gbps=bw,
+            hbm_fraction=bw / peak if peak else None,
+        )
+    ours = ms["voxmix"]
+    ratios = {f"vs_{k}": ms[k] / ours for k in ms if k != "voxmix"}
+    rec.add(config=config, backend="voxmix", mode="fwd+grad:ratio", timing=None, **ratios)
+    frac = f"{gbps(nbytes, ours) / peak:.0%}" if peak else "-"
+    return [f"{b}x{side}^3/p{p}/M{m}", ours, gbps(nbytes, ours), frac, *ratios.values()]
 
 
 def main():

@@ -35,39 +35,45 @@ def _linear(x, w, b, pos, patch):
 
 def bench_embed(rec, device, dtype, shapes):
     table = []
-    for b, c, side, p, e in shapes:
-        patch = (p, p, p)
-        x = torch.randn(b, c, side, side, side, device=device, dtype=dtype)
-        k, n = c * p**3, (side // p) ** 3
-        w = (torch.randn(e, k, device=device, dtype=dtype) / k**0.5).requires_grad_()
-        bias = torch.zeros(e, device=device, dtype=dtype, requires_grad=True)
-        pos = torch.zeros(n, e, device=device, dtype=dtype, requires_grad=True)
-        m = b * n
-        flops = {"fwd": 2 * m * k * e, "fwd+bwd": 4 * m * k * e}  # backward: dW only (x is data)
-        nbytes = (x.numel() + w.numel() + pos.numel() + m * e) * x.element_size()
-        config = {
-            "B": b,
-            "C": c,
-            "side": side,
-            "patch": p,
-            "E": e,
-            "dtype": str(dtype).removeprefix("torch."),
-        }
-        times = {}
-        for name, fn in (("voxmix", patch_embed3d), ("conv3d", _conv), ("patchify+linear", _linear)):
-            fns = fwd_bwd_fns(lambda fn=fn: fn(x, w, bias, pos, patch), [w, bias, pos])
-            for mode in ("fwd", "fwd+bwd"):
-                t = measure(fns[mode], device=device)
-                times[name, mode] = t.ms
-                rec.add(config=config, backend=name, mode=mode, timing=t, tflops=tflops(flops[mode], t.ms),
-                        gbps=gbps(nbytes, t.ms) if mode == "fwd" else None)  # fmt: skip
-        for mode in ("fwd", "fwd+bwd"):
-            ours = times["voxmix", mode]
-            table.append([f"{b}x{c}x{side}^3/p{p}/E{e}", mode, ours, tflops(flops[mode], ours),
-                          times["conv3d", mode] / ours, times["patchify+linear", mode] / ours])  # fmt: skip
-            rec.add(config=config, backend="voxmix", mode=mode + ":ratio", timing=None,
-                    vs_conv3d=times["conv3d", mode] / ours, vs_patchify_linear=times["patchify+linear", mode] / ours)  # fmt: skip
+    for shape in shapes:
+        table += _embed_shape(rec, device, dtype, *shape)
     print_table(["shape", "mode", "ms", "TFLOP/s", "x vs Conv3d", "x vs patchify+linear"], table)
+
+
+def _embed_shape(rec, device, dtype, b, c, side, p, e):
+    table = []
+    patch = (p, p, p)
+    x = torch.randn(b, c, side, side, side, device=device, dtype=dtype)
+    k, n = c * p**3, (side // p) ** 3
+    w = (torch.randn(e, k, device=device, dtype=dtype) / k**0.5).requires_grad_()
+    bias = torch.zeros(e, device=device, dtype=dtype, requires_grad=True)
+    pos = torch.zeros(n, e, device=device, dtype=dtype, requires_grad=True)
+    m = b * n
+    flops = {"fwd": 2 * m * k * e, "fwd+bwd": 4 * m * k * e}  # backward: dW only (x is data)
+    nbytes = (x.numel() + w.numel() + pos.numel() + m * e) * x.element_size()
+    config = {
+        "B": b,
+        "C": c,
+        "side": side,
+        "patch": p,
+        "E": e,
+        "dtype": str(dtype).removeprefix("torch."),
+    }
+    times = {}
+    for name, fn in (("voxmix", patch_embed3d), ("conv3d", _conv), ("patchify+linear", _linear)):
+        fns = fwd_bwd_fns(lambda fn=fn: fn(x, w, bias, pos, patch), [w, bias, pos])
+        for mode in ("fwd", "fwd+bwd"):
+            t = measure(fns[mode], device=device)
+            times[name, mode] = t.ms
+            rec.add(config=config, backend=name, mode=mode, timing=t, tflops=tflops(flops[mode], t.ms),
+                    gbps=gbps(nbytes, t.ms) if mode == "fwd" else None)  # fmt: skip
+    for mode in ("fwd", "fwd+bwd"):
+        ours = times["voxmix", mode]
+        table.append([f"{b}x{c}x{side}^3/p{p}/E{e}", mode, ours, tflops(flops[mode], ours),
+                      times["conv3d", mode] / ours, times["patchify+linear", mode] / ours])  # fmt: skip
+        rec.add(config=config, backend="voxmix", mode=mode + ":ratio", timing=None,
+                vs_conv3d=times["conv3d", mode] / ours, vs_patchify_linear=times["patchify+linear", mode] / ours)  # fmt: skip
+    return table
 
 
 def bench_patchify_cpu(rec, shapes):
@@ -76,35 +82,41 @@ def bench_patchify_cpu(rec, shapes):
         print("C++ extension not built: skipping the C++ patchify benchmark")
         return
     table = []
-    for b, c, side, p, dtype in shapes:
-        x = torch.randn(b, c, side, side, side).to(dtype)
-        patches = mod.patchify_cpu(x, p, p, p)
-        config = {"B": b, "C": c, "side": side, "patch": p, "dtype": str(dtype).removeprefix("torch.")}
-        nbytes = 2 * x.numel() * x.element_size()  # read the volume once, write it once
-        runs = {
-            ("patchify", "c++"): lambda: mod.patchify_cpu(x, p, p, p),
-            ("patchify", "pytorch"): lambda: patchify_ref(x, p).contiguous(),
-            ("unpatchify", "c++"): lambda: mod.unpatchify_cpu(patches, p, p, p, c, side, side, side),
-            ("unpatchify", "pytorch"): lambda: unpatchify_ref(patches, p, x.shape).contiguous(),
-        }
-        ms = {}
-        for (op, backend), fn in runs.items():
-            t = measure(fn, device="cpu")
-            ms[op, backend] = t.ms
-            rec.add(config=config, backend=backend, mode=op, timing=t, gbps=gbps(nbytes, t.ms))
-        for op in ("patchify", "unpatchify"):
-            ratio = ms[op, "pytorch"] / ms[op, "c++"]
-            rec.add(config=config, backend="c++", mode=op + ":ratio", timing=None, vs_pytorch=ratio)
-            table.append(
-                [
-                    f"{b}x{c}x{side}^3/p{p}/{config['dtype']}",
-                    op,
-                    ms[op, "c++"],
-                    gbps(nbytes, ms[op, "c++"]),
-                    ratio,
-                ]
-            )
+    for shape in shapes:
+        table += _patchify_shape(rec, mod, *shape)
     print_table(["shape", "op", "C++ ms", "GB/s", "x vs PyTorch (target >= 2)"], table)
+
+
+def _patchify_shape(rec, mod, b, c, side, p, dtype):
+    table = []
+    x = torch.randn(b, c, side, side, side).to(dtype)
+    patches = mod.patchify_cpu(x, p, p, p)
+    config = {"B": b, "C": c, "side": side, "patch": p, "dtype": str(dtype).removeprefix("torch.")}
+    nbytes = 2 * x.numel() * x.element_size()  # read the volume once, write it once
+    runs = {
+        ("patchify", "c++"): lambda: mod.patchify_cpu(x, p, p, p),
+        ("patchify", "pytorch"): lambda: patchify_ref(x, p).contiguous(),
+        ("unpatchify", "c++"): lambda: mod.unpatchify_cpu(patches, p, p, p, c, side, side, side),
+        ("unpatchify", "pytorch"): lambda: unpatchify_ref(patches, p, x.shape).contiguous(),
+    }
+    ms = {}
+    for (op, backend), fn in runs.items():
+        t = measure(fn, device="cpu")
+        ms[op, backend] = t.ms
+        rec.add(config=config, backend=backend, mode=op, timing=t, gbps=gbps(nbytes, t.ms))
+    for op in ("patchify", "unpatchify"):
+        ratio = ms[op, "pytorch"] / ms[op, "c++"]
+        rec.add(config=config, backend="c++", mode=op + ":ratio", timing=None, vs_pytorch=ratio)
+        table.append(
+            [
+                f"{b}x{c}x{side}^3/p{p}/{config['dtype']}",
+                op,
+                ms[op, "c++"],
+                gbps(nbytes, ms[op, "c++"]),
+                ratio,
+            ]
+        )
+    return table
 
 
 def main():

@@ -1,0 +1,178 @@
+"""lawfit speed on the issue's reference problem: 8 domains, 64 runs x 10 evaluation points.
+
+Targets (2 cores): fit < 10 s, allocation < 0.5 s, 200-sample bootstrap < 60 s. The baseline measured in the
+same run is the same fit with finite-difference gradients instead of the analytic Jacobian (one target).
+Appends a JSON row to benchmarks/results/bench_lawfit.jsonl (or --out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lawfit.allocate import Budget, allocate  # noqa: E402
+from lawfit.dataset import build_dataset, load_runs  # noqa: E402
+from lawfit.fit import FitConfig, bootstrap, fit_target  # noqa: E402
+from lawfit.laws import FORMS, TargetLaw, TransferTerm  # noqa: E402
+from lawfit.lawsfile import Laws  # noqa: E402
+from lawfit.simulate import default_design, simulate_runs  # noqa: E402
+from lawfit.study import fit_laws  # noqa: E402
+
+
+def truth_laws(m: int, seed: int) -> Laws:
+    rng = np.random.default_rng(seed)
+    doms = [f"domain{i}" for i in range(m)]
+    targets = {}
+    for d in doms:
+        tr = {
+            o: TransferTerm(float(rng.choice([0.0, 0.0, 0.1, 0.3, 0.7])), float(rng.uniform(0.8, 1.0)))
+            for o in doms
+            if o != d
+        }
+        targets[d] = TargetLaw(
+            d,
+            E=float(rng.uniform(0.2, 0.5)),
+            A=float(rng.uniform(3, 10)),
+            alpha=float(rng.uniform(0.25, 0.5)),
+            transfer=tr,
+        )
+    return Laws(
+        form="transfer",
+        domains=doms,
+        targets=targets,
+        unique_samples={d: 1e6 for d in doms},
+        seconds_per_sample={d: 0.01 for d in doms},
+    )
+
+
+def meta() -> dict:
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
+        ).stdout.strip()
+    except OSError:
+        sha = None
+    import scipy
+
+    return {
+        "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "git_sha": sha,
+        "device": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+    }
+
+
+def timed(fn):
+    t = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--domains", type=int, default=8)
+    ap.add_argument("--runs", type=int, default=64)
+    ap.add_argument("--evals", type=int, default=10)
+    ap.add_argument("--bootstrap", type=int, default=200)
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "bench_lawfit.jsonl"))
+    a = ap.parse_args()
+    truth = truth_laws(a.domains, 0)
+    with tempfile.TemporaryDirectory() as tmp:
+        n_mix = a.runs - a.domains - 2
+        plan = default_design(truth, budget_per_run=20000, n_mixtures=n_mix, n_evals=a.evals, seed=0)
+        simulate_runs(truth, plan, tmp, noise=0.01, seed=0)
+        ds = build_dataset(load_runs([tmp]))
+    cfg = FitConfig(bootstrap=0, progress=False)
+    laws, t_fit = timed(lambda: fit_laws(ds, cfg))
+    alloc, t_alloc = timed(lambda: allocate(laws, Budget(samples=10**6), max_epochs=4.0))
+    ff = type("FF", (), {})()
+    ff.form, ff.targets = (
+        laws.form,
+        {d: fit_target(FORMS[laws.form], ds, i, cfg) for i, d in enumerate(ds.domains)},
+    )
+    bcfg = FitConfig(bootstrap=a.bootstrap, progress=False)
+    _, t_boot = timed(lambda: bootstrap(ds, ff, bcfg))
+    # Baseline: one target with finite-difference gradients (what a fit without the Jacobian costs).
+    from scipy.optimize import minimize
+
+    from lawfit import fit as F
+
+    form = FORMS[laws.form]
+    prob = F._problem(ds, 0)
+    th0 = F._grid_starts(form, prob, [d for d in ds.domains if d != ds.domains[0]], cfg.d0)[0]
+    bounds = form.bounds(ds.domains[1:], float(np.exp(prob[-1].min())))
+    obj = lambda th: F._objective(th, form, prob, cfg.huber_delta, cfg.d0)
+    _, t_fd = timed(
+        lambda: minimize(
+            lambda th: obj(th)[0],
+            th0,
+            method="L-BFGS-B",
+            bounds=bounds,
+            options={"maxiter": 3000, "ftol": 1e-13, "gtol": 1e-10},
+        )
+    )
+    _, t_an = timed(
+        lambda: minimize(
+            obj,
+            th0,
+            jac=True,
+            method="L-BFGS-B",
+            bounds=bounds,
+            options={"maxiter": 3000, "ftol": 1e-13, "gtol": 1e-10},
+        )
+    )
+    err_alpha = max(abs(laws.targets[d].alpha / truth.targets[d].alpha - 1) for d in truth.domains)
+    row = {
+        "bench": "lawfit",
+        **meta(),
+        "config": vars(a),
+        "n_points": int(len(ds.y)),
+        "form": laws.form,
+        "fit_s": t_fit,
+        "allocate_s": t_alloc,
+        "bootstrap_s": t_boot,
+        "one_start_fd_s": t_fd,
+        "one_start_analytic_s": t_an,
+        "max_rel_err_alpha": err_alpha,
+        "kkt_satisfied": alloc["objective"]["kkt"]["satisfied"],
+    }
+    print(
+        f"lawfit: {a.domains} domains, {a.runs} runs x {a.evals} evals = {row['n_points']} points, form {laws.form}"
+    )
+    print(
+        f"  fit (all forms, CV selection)  {t_fit:7.2f} s   target < 10 s   ratio to target {t_fit / 10:.2f}"
+    )
+    print(
+        f"  allocate (+ baselines, hubs)   {t_alloc:7.3f} s   target < 0.5 s  ratio to target {t_alloc / 0.5:.2f}"
+    )
+    print(
+        f"  bootstrap x{a.bootstrap:<4}                {t_boot:7.2f} s   target < 60 s   ratio to target {t_boot / 60:.2f}"
+    )
+    print(
+        f"  one start, analytic Jacobian vs finite differences: {t_an:.3f} s vs {t_fd:.3f} s "
+        f"(speed-up {t_fd / max(t_an, 1e-9):.1f}x)"
+    )
+    print(f"  max relative error of alpha vs truth: {100 * err_alpha:.2f}%")
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    with open(a.out, "a") as fh:
+        fh.write(json.dumps(row) + "\n")
+    print(f"  appended to {a.out}")
+
+
+if __name__ == "__main__":
+    main()
