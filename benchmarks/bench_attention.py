@@ -119,11 +119,6 @@ def main():
     if args.device == "cuda":
         dtype = torch.bfloat16
         ns = [55, 216, 512, 4096] if args.quick else [55, 216, 343, 512, 1728, 4096]
-        shapes = [
-            (max(1, 2**17 // n // (12 if dh == 64 else 8) * 8), 12 if dh == 64 else 8, n, dh)
-            for dh in (64, 128)
-            for n in ns
-        ]
         # ViT-B/L heads (H=12 at Dh=64, H=8 at Dh=128); B so that B*H*N ~ 1M tokens (~128 MB per q/k/v).
         shapes = [(max(1, 2**20 // (h * n)), h, n, dh) for dh, h in ((64, 12), (128, 8)) for n in ns]
     else:
