@@ -3,7 +3,7 @@
 GPU: the Triton kernel vs Conv3d (cuDNN) vs patchify + linear (cuBLAS), bf16, forward and forward +
 backward with the volume as data (no dx, as in training), TFLOP/s (2*M*K*E per matmul) and GB/s.
 CPU: the C++ patchify / unpatchify vs ATen's permute copy (target >= 2x), and the CPU patch
-embedding path (C++ patchify + linear) vs Conv3d and reshape + linear.
+embedding path (Conv3d for fp32, C++ patchify + linear for bf16) vs Conv3d and reshape + linear.
 
     .venv/bin/python benchmarks/bench_patch_embed.py [--quick] [--out FILE]
 """
@@ -140,7 +140,8 @@ def main():
         ]
         bench_patchify_cpu(rec, pshapes[:2] if args.quick else pshapes)
         eshapes = [(4, 1, 64, 16, 192), (2, 1, 96, 16, 384)]
-        bench_embed(rec, "cpu", torch.float32, eshapes[:1] if args.quick else eshapes)
+        for dtype in (torch.float32, torch.bfloat16):
+            bench_embed(rec, "cpu", dtype, eshapes[:1] if args.quick else eshapes)
     rec.write()
 
 
