@@ -1,0 +1,88 @@
+"""The torch backend: a `torch.utils.data.DataLoader` over the sampler's global positions.
+
+Each worker reads only the crop through a NumPy memory map, then flips and jitters it with the same
+parameters as the DALI backend (trainer/data/crops.py). It is the fallback when DALI is not installed
+and the reference the DALI backend is tested against.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from .crops import CropParams, augment_array, crop_params, read_roi
+from .manifest import Manifest
+from .mixture import MixtureSampler, SampleRef
+
+
+class SampleParams:
+    """Crop parameters of a sample: f(sampler's crop seed, loader seed, shape, crop, jitter)."""
+
+    def __init__(self, crop, *, seed: int, augment: bool, jitter: dict[str, tuple[float, float]]):
+        self.crop = crop
+        self.seed = int(seed)
+        self.augment = augment
+        self.jitter = jitter
+
+    def __call__(self, ref: SampleRef) -> CropParams:
+        jit = self.jitter.get(ref.domain, self.jitter.get(ref.record.modality, (0.0, 0.0)))
+        return crop_params(
+            ref.record.shape,
+            self.crop,
+            np.random.SeedSequence([ref.crop_seed, self.seed & 0xFFFFFFFF]).generate_state(1)[0],
+            augment=self.augment,
+            jitter=jit,
+        )
+
+
+class CropDataset(torch.utils.data.Dataset):
+    """Map-style dataset indexed by global sequence position."""
+
+    def __init__(self, manifest: Manifest, sampler: MixtureSampler, params: SampleParams, dtype):
+        self.manifest = manifest
+        self.sampler = sampler
+        self.params = params
+        self.dtype = dtype
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        ref = self.sampler.sample(index)
+        p = self.params(ref)
+        x = augment_array(read_roi(self.manifest.abspath(ref.record), p, self.params.crop), p)
+        return torch.from_numpy(x)[None].to(self.dtype), ref.domain_id
+
+
+def rank_batches(sampler: MixtureSampler, start: int, batch_size: int) -> Iterator[list[int]]:
+    """Global positions of this rank's batches from `start`; the last partial global batch is dropped
+    so that every rank takes the same number of steps."""
+    step = batch_size * sampler.world_size
+    for s in range(start, len(sampler) - step + 1, step):
+        yield [s + sampler.rank + k * sampler.world_size for k in range(batch_size)]
+
+
+def torch_batches(
+    manifest: Manifest,
+    sampler: MixtureSampler,
+    params: SampleParams,
+    *,
+    start: int,
+    batch_size: int,
+    dtype: torch.dtype,
+    num_threads: int,
+    pin_memory: bool,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    ds = CropDataset(manifest, sampler, params, dtype)
+    workers = num_threads if num_threads > 1 else 0
+    dl = torch.utils.data.DataLoader(
+        ds,
+        batch_sampler=list(rank_batches(sampler, start, batch_size)),
+        num_workers=workers,
+        pin_memory=pin_memory,
+        prefetch_factor=2 if workers else None,
+    )
+    for x, d in dl:
+        yield x, d.to(torch.int64)
