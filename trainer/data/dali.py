@@ -1,0 +1,173 @@
+"""The DALI backend: numpy reader with per-sample region-of-interest reads over the sampler's sequence.
+
+The sampler decides every sample's file and crop; DALI executes it. Per chunk of this rank's sequence
+the pipeline gets the file list in sequence order (`fn.readers.numpy(files=...)`, no shuffling) and,
+through `fn.external_source`, each sample's ROI start, flips and jitter, drawn by trainer/data/crops.py
+exactly as the torch backend draws them. Only the ROI is read from disk (`roi_start`/`roi_shape`, zero
+padding where the crop leaves the volume).
+
+Modes: `device_id=None` runs the whole pipeline on the CPU. On CUDA the reader is tried on the GPU
+(GPUDirect Storage where the platform has it); if that pipeline cannot be built or run, the CPU reader
+feeds `.gpu()` and the rest runs on the GPU, with a warning. Known DALI details: the CPU `fn.flip` rejects
+float16, so flips run in float32 on a `CDHW` layout; bfloat16 is cast by torch after the pipeline.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from .manifest import Manifest
+from .mixture import MixtureSampler
+from .torch_loader import SampleParams, rank_batches
+
+# Samples per pipeline: one pipeline's `files` list. Large enough that rebuilding (tens of ms) is noise,
+# small enough that the per-sample argument arrays stay a few MB on long budgets.
+CHUNK_BATCHES = 2048
+_GPU_READER_BROKEN = False
+
+
+def _chunk_args(manifest: Manifest, sampler: MixtureSampler, params: SampleParams, batches: list[list[int]]):
+    files, starts, flips, scale, shift, dom = [], [], [], [], [], []
+    for batch in batches:
+        for i in batch:
+            ref = sampler.sample(i)
+            p = params(ref)
+            files.append(ref.record.path)
+            starts.append(p.start)
+            flips.append(p.flip)
+            scale.append(p.scale)
+            shift.append(p.shift)
+            dom.append(ref.domain_id)
+    return (
+        files,
+        np.asarray(starts, dtype=np.int32).reshape(-1, 3),
+        np.asarray(flips, dtype=np.int32).reshape(-1, 3),
+        np.asarray(scale, dtype=np.float32),
+        np.asarray(shift, dtype=np.float32),
+        np.asarray(dom, dtype=np.int64),
+    )
+
+
+def _build_pipeline(
+    root: str,
+    args,
+    *,
+    crop: tuple[int, int, int],
+    batch_size: int,
+    num_threads: int,
+    device_id: int | None,
+    gpu_reader: bool,
+    out_fp16: bool,
+):
+    from nvidia.dali import fn, pipeline_def, types
+
+    files, starts, flips, scale, shift, dom = args
+    n_iter = len(files) // batch_size
+
+    def feeder(column: np.ndarray):
+        def source(info):
+            # DALI calls this once per iteration, in order; the reader reads files in the same order.
+            if info.iteration >= n_iter:
+                raise StopIteration
+            lo = info.iteration * batch_size
+            return [column[k] for k in range(lo, lo + batch_size)]
+
+        return source
+
+    @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id, prefetch_queue_depth=2)
+    def pipe():
+        roi = fn.external_source(source=feeder(starts), batch=True, batch_info=True, dtype=types.INT32)
+        fl = fn.external_source(source=feeder(flips), batch=True, batch_info=True, dtype=types.INT32)
+        sc = fn.external_source(source=feeder(scale), batch=True, batch_info=True, dtype=types.FLOAT)
+        sh = fn.external_source(source=feeder(shift), batch=True, batch_info=True, dtype=types.FLOAT)
+        d = fn.external_source(source=feeder(dom), batch=True, batch_info=True, dtype=types.INT64)
+        x = fn.readers.numpy(
+            device="gpu" if gpu_reader else "cpu",
+            file_root=root,
+            files=files,
+            roi_start=roi,
+            roi_shape=list(crop),
+            out_of_bounds_policy="pad",
+            fill_value=0.0,
+            random_shuffle=False,
+            name="reader",
+        )
+        if device_id is not None and not gpu_reader:
+            x = x.gpu()
+        x = fn.cast(x, dtype=types.FLOAT)
+        x = fn.reshape(x, shape=[1, *crop], layout="CDHW")
+        x = fn.flip(x, depthwise=fl[0], vertical=fl[1], horizontal=fl[2])
+        x = x * sc + sh
+        if out_fp16:
+            x = fn.cast(x, dtype=types.FLOAT16)
+        return x, d
+
+    p = pipe()
+    p.build()
+    return p, n_iter
+
+
+def _to_torch(tl, device: torch.device) -> torch.Tensor:
+    from nvidia.dali.backend import TensorListGPU
+    from nvidia.dali.plugin.pytorch import feed_ndarray, to_torch_type
+
+    tensor = tl.as_tensor()
+    dtype = to_torch_type[tensor.dtype]
+    if isinstance(tl, TensorListGPU):
+        out = torch.empty(tensor.shape(), dtype=dtype, device=device)
+        feed_ndarray(tensor, out, cuda_stream=torch.cuda.current_stream(device))
+        return out
+    return torch.from_numpy(np.array(tensor)).to(dtype)
+
+
+def dali_batches(
+    manifest: Manifest,
+    sampler: MixtureSampler,
+    params: SampleParams,
+    *,
+    start: int,
+    batch_size: int,
+    dtype: torch.dtype,
+    num_threads: int,
+    device: torch.device,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    global _GPU_READER_BROKEN
+    if device.type == "cuda":
+        device_id = device.index if device.index is not None else torch.cuda.current_device()
+    else:
+        device_id = None
+    all_batches = list(rank_batches(sampler, start, batch_size))
+    root = str(manifest.root)
+    for c in range(0, len(all_batches), CHUNK_BATCHES):
+        chunk = all_batches[c : c + CHUNK_BATCHES]
+        args = _chunk_args(manifest, sampler, params, chunk)
+        kw = dict(crop=params.crop, batch_size=batch_size, num_threads=num_threads, device_id=device_id)
+        kw["out_fp16"] = dtype == torch.float16
+        pipe = first = None
+        if device_id is not None and not _GPU_READER_BROKEN:
+            try:
+                pipe, n_iter = _build_pipeline(root, args, gpu_reader=True, **kw)
+                first = pipe.run()
+            except Exception as exc:  # GDS/cuFile missing or unsupported filesystem
+                _GPU_READER_BROKEN = True
+                warnings.warn(
+                    f"DALI GPU numpy reader unavailable ({type(exc).__name__}: {exc}); "
+                    "reading on the CPU and copying crops to the GPU",
+                    stacklevel=2,
+                )
+                pipe = first = None
+        if pipe is None:
+            pipe, n_iter = _build_pipeline(root, args, gpu_reader=False, **kw)
+        try:
+            for it in range(n_iter):
+                x_tl, d_tl = first if (it == 0 and first is not None) else pipe.run()
+                x = _to_torch(x_tl, device)
+                if x.dtype != dtype:
+                    x = x.to(dtype)
+                yield x, _to_torch(d_tl, torch.device("cpu")).to(torch.int64)
+        finally:
+            del pipe
