@@ -1,0 +1,391 @@
+"""Typed run configuration: dataclasses loaded from YAML, every field validated with a message naming it.
+
+A run is `Config` = model + data + optim + eval + checkpoint + train sections. YAML files under configs/
+are the named presets; the command line only overrides (`--set section.field=value`, parsed as YAML and
+type-checked against the field's annotation, plus a few first-class flags in trainer/run.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# Named model sizes. `tiny` is sized for 2 CPU cores (32^3 crops, 8^3 patches -> 64 tokens); base is
+# ViT-B (768 wide, 12 deep, 12 heads). Decoders are lighter than their encoders, as in MAE.
+MODEL_SIZES: dict[str, dict[str, Any]] = {
+    "tiny": dict(crop=32, patch=8, width=96, depth=3, heads=3, dec_width=64, dec_depth=1, dec_heads=2),
+    "small": dict(crop=96, patch=16, width=384, depth=12, heads=6, dec_width=256, dec_depth=4, dec_heads=8),
+    "base": dict(crop=96, patch=16, width=768, depth=12, heads=12, dec_width=512, dec_depth=4, dec_heads=16),
+    "large": dict(
+        crop=96, patch=16, width=1024, depth=24, heads=16, dec_width=512, dec_depth=8, dec_heads=16
+    ),
+}
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field (section.field) and the value."""
+
+
+def _fail(name: str, value: Any, why: str) -> None:
+    raise ConfigError(f"config field '{name}' = {value!r}: {why}")
+
+
+@dataclass(kw_only=True)
+class ModelConfig:
+    size: str = "tiny"
+    """Named size (tiny/small/base/large); fields left unset (None) take the size's values."""
+    crop: int | None = None
+    """Edge of the cubic training crop in voxels (96 for small/base/large)."""
+    patch: int | None = None
+    """Edge of a cubic patch in voxels; must divide `crop`."""
+    in_chans: int = 1
+    """Input channels."""
+    width: int | None = None
+    """Encoder width (embedding dim)."""
+    depth: int | None = None
+    """Encoder blocks."""
+    heads: int | None = None
+    """Encoder attention heads; must divide `width`."""
+    mlp_ratio: float = 4.0
+    """MLP hidden width / width."""
+    dec_width: int | None = None
+    """Decoder width."""
+    dec_depth: int | None = None
+    """Decoder blocks."""
+    dec_heads: int | None = None
+    """Decoder heads; must divide `dec_width`."""
+    mask_ratio: float = 0.75
+    """Fraction of patches hidden from the encoder, per sample."""
+    norm_pix: bool = True
+    """Normalize each target patch (MAE's norm_pix_loss)."""
+    reference: bool = False
+    """Swap every kernel for its plain-PyTorch reference (comparison and debugging)."""
+
+    def __post_init__(self):
+        if self.size not in MODEL_SIZES:
+            _fail("model.size", self.size, f"unknown size; choose one of {sorted(MODEL_SIZES)}")
+        for k, v in MODEL_SIZES[self.size].items():
+            if getattr(self, k) is None:
+                setattr(self, k, v)
+        for k in (
+            "crop",
+            "patch",
+            "in_chans",
+            "width",
+            "depth",
+            "heads",
+            "dec_width",
+            "dec_depth",
+            "dec_heads",
+        ):
+            if getattr(self, k) < 1:
+                _fail(f"model.{k}", getattr(self, k), "must be >= 1")
+        if self.crop % self.patch:
+            _fail("model.patch", self.patch, f"must divide model.crop={self.crop}")
+        if self.width % self.heads:
+            _fail("model.heads", self.heads, f"must divide model.width={self.width}")
+        if self.dec_width % self.dec_heads:
+            _fail("model.dec_heads", self.dec_heads, f"must divide model.dec_width={self.dec_width}")
+        if not 0.0 < self.mlp_ratio <= 16:
+            _fail("model.mlp_ratio", self.mlp_ratio, "must lie in (0, 16]")
+        n = self.num_patches
+        keep = n - self.num_masked
+        if not 0.0 < self.mask_ratio < 1.0 or keep < 1 or self.num_masked < 1:
+            _fail(
+                "model.mask_ratio", self.mask_ratio, f"must leave >= 1 visible and >= 1 masked of {n} patches"
+            )
+
+    @property
+    def num_patches(self) -> int:
+        return (self.crop // self.patch) ** 3
+
+    @property
+    def num_masked(self) -> int:
+        return int(round(self.num_patches * self.mask_ratio))
+
+
+@dataclass(kw_only=True)
+class DataConfig:
+    manifest: str = ""
+    """Path of manifest.jsonl (voxmix.manifest/1)."""
+    allocation: str = ""
+    """Path of allocation.json (voxmix.allocation/1); usually given with --allocation."""
+    batch_size: int = 8
+    """Micro-batch per rank."""
+    backend: str = "auto"
+    """Loader backend: auto (DALI where available), dali or torch."""
+    num_threads: int = 2
+    """Loader worker threads per rank."""
+    augment: bool = True
+    """Random flips/intensity augmentation in the loader."""
+    max_epochs: float | None = None
+    """Refuse allocations that repeat a domain's volumes more often than this (None: no limit)."""
+
+    def __post_init__(self):
+        if self.batch_size < 1:
+            _fail("data.batch_size", self.batch_size, "must be >= 1")
+        if self.backend not in ("auto", "dali", "torch"):
+            _fail("data.backend", self.backend, "must be auto, dali or torch")
+        if self.num_threads < 1:
+            _fail("data.num_threads", self.num_threads, "must be >= 1")
+        if self.max_epochs is not None and not self.max_epochs > 0:
+            _fail("data.max_epochs", self.max_epochs, "must be > 0")
+
+
+@dataclass(kw_only=True)
+class OptimConfig:
+    lr: float = 1.5e-4
+    """Peak learning rate (AdamW)."""
+    min_lr_ratio: float = 0.0
+    """Final lr / peak lr."""
+    weight_decay: float = 0.05
+    """AdamW decoupled weight decay (not applied to biases, norms)."""
+    beta1: float = 0.9
+    """AdamW beta1."""
+    beta2: float = 0.95
+    """AdamW beta2 (MAE's value)."""
+    schedule: str = "wsd"
+    """cosine (warmup then cosine to the end) or wsd (warmup, stable, decay in the last `decay_frac`)."""
+    warmup_frac: float = 0.05
+    """Fraction of the run's optimizer steps spent in linear warmup."""
+    decay_frac: float = 0.2
+    """wsd only: fraction of steps in the final (linear) decay."""
+    grad_clip: float = 1.0
+    """Global gradient-norm clipping (0 disables)."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step."""
+
+    def __post_init__(self):
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            _fail("optim.lr", self.lr, "must be a finite number > 0")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            _fail("optim.min_lr_ratio", self.min_lr_ratio, "must lie in [0, 1]")
+        if self.weight_decay < 0:
+            _fail("optim.weight_decay", self.weight_decay, "must be >= 0")
+        for k in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self, k) < 1.0:
+                _fail(f"optim.{k}", getattr(self, k), "must lie in [0, 1)")
+        if self.schedule not in ("cosine", "wsd"):
+            _fail("optim.schedule", self.schedule, "must be cosine or wsd")
+        if not 0.0 <= self.warmup_frac < 1.0:
+            _fail("optim.warmup_frac", self.warmup_frac, "must lie in [0, 1)")
+        if not 0.0 <= self.decay_frac <= 1.0 - self.warmup_frac:
+            _fail("optim.decay_frac", self.decay_frac, "must lie in [0, 1 - optim.warmup_frac]")
+        if self.grad_clip < 0:
+            _fail("optim.grad_clip", self.grad_clip, "must be >= 0")
+        if self.grad_accum < 1:
+            _fail("optim.grad_accum", self.grad_accum, "must be >= 1")
+
+
+@dataclass(kw_only=True)
+class EvalConfig:
+    at: list[int] | None = None
+    """Evaluate once the run has trained on at least these many samples (global); None: log-spaced."""
+    points: int = 8
+    """Log-spaced evaluation points between `first` and the budget when `at` is None."""
+    first: int = 64
+    """First log-spaced evaluation point, in samples."""
+    crops_per_domain: int = 8
+    """Fixed held-out crops per domain (validation split, same crops and masks every time)."""
+    batch_size: int = 16
+    """Evaluation batch size."""
+    seed: int = 1234
+    """Seed of the evaluation crops and masks (independent of the training seed)."""
+
+    def __post_init__(self):
+        if self.at is not None:
+            if not self.at or any(a < 1 for a in self.at) or sorted(set(self.at)) != list(self.at):
+                _fail(
+                    "eval.at", self.at, "must be a non-empty, strictly increasing list of sample counts >= 1"
+                )
+        if self.points < 1:
+            _fail("eval.points", self.points, "must be >= 1")
+        if self.first < 1:
+            _fail("eval.first", self.first, "must be >= 1")
+        if self.crops_per_domain < 1:
+            _fail("eval.crops_per_domain", self.crops_per_domain, "must be >= 1")
+        if self.batch_size < 1:
+            _fail("eval.batch_size", self.batch_size, "must be >= 1")
+
+
+@dataclass(kw_only=True)
+class CheckpointConfig:
+    every_steps: int = 200
+    """Save a DeepSpeed checkpoint every this many optimizer steps (and always at the end)."""
+    keep: int = 2
+    """Checkpoints kept on disk (older ones are deleted after a newer one is complete)."""
+
+    def __post_init__(self):
+        if self.every_steps < 1:
+            _fail("checkpoint.every_steps", self.every_steps, "must be >= 1")
+        if self.keep < 1:
+            _fail("checkpoint.keep", self.keep, "must be >= 1")
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    run_id: str = ""
+    """Unique run name (default: the output folder's name)."""
+    out: str = "runs/default"
+    """Output folder: runlog.jsonl, checkpoints/, encoder.pt, config.json."""
+    seed: int = 0
+    """Seed of the sampler, the model init and the masks."""
+    budget_samples: int | None = None
+    """Train on this many samples (global); None: the allocation's total."""
+    zero_stage: int = 2
+    """DeepSpeed ZeRO stage (0-3)."""
+    precision: str = "auto"
+    """auto (bf16 on CUDA, fp32 on CPU), bf16 or fp32."""
+    log_every: int = 20
+    """Throughput events every this many optimizer steps."""
+    tensorboard: bool = False
+    """Also write TensorBoard scalars under <out>/tb (needs the tensorboard package)."""
+    peak_tflops: float | None = None
+    """Peak dense TFLOP/s per device for MFU; None: looked up from the GPU name (unknown on CPU)."""
+    deepspeed: dict[str, Any] | None = None
+    """Extra DeepSpeed config merged over the generated one (passed through as is)."""
+
+    def __post_init__(self):
+        if self.budget_samples is not None and self.budget_samples < 1:
+            _fail("train.budget_samples", self.budget_samples, "must be >= 1")
+        if self.zero_stage not in (0, 1, 2, 3):
+            _fail("train.zero_stage", self.zero_stage, "must be 0, 1, 2 or 3")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            _fail("train.precision", self.precision, "must be auto, bf16 or fp32")
+        if self.log_every < 1:
+            _fail("train.log_every", self.log_every, "must be >= 1")
+        if self.peak_tflops is not None and not self.peak_tflops > 0:
+            _fail("train.peak_tflops", self.peak_tflops, "must be > 0")
+
+
+@dataclass(kw_only=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
+
+
+def _section_cls(name: str) -> type:
+    return {
+        "model": ModelConfig,
+        "data": DataConfig,
+        "optim": OptimConfig,
+        "eval": EvalConfig,
+        "checkpoint": CheckpointConfig,
+        "train": TrainConfig,
+    }[name]
+
+
+def _coerce(name: str, value: Any, tp: Any) -> Any:
+    """Check `value` against annotation `tp` (str/int/float/bool/list[int]/dict/Optional)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(name, value, inner[0])
+    if tp is Any:
+        return value
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            _fail(name, value, "must be a list")
+        (item,) = typing.get_args(tp)
+        return [_coerce(f"{name}[{i}]", v, item) for i, v in enumerate(value)]
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            _fail(name, value, "must be a mapping")
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            _fail(name, value, "must be true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            _fail(name, value, "must be an integer")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            _fail(name, value, "must be a number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            _fail(name, value, "must be a string")
+        return value
+    raise TypeError(f"unsupported annotation {tp!r} for {name}")
+
+
+def _build_section(sec: str, raw: dict[str, Any]) -> Any:
+    cls = _section_cls(sec)
+    if not isinstance(raw, dict):
+        _fail(sec, raw, "must be a mapping of fields")
+    known = typing.get_type_hints(cls)  # resolves the string annotations (from __future__)
+    kwargs = {}
+    for k, v in raw.items():
+        if k not in known:
+            _fail(f"{sec}.{k}", v, f"unknown field; known fields of '{sec}': {sorted(known)}")
+        kwargs[k] = _coerce(f"{sec}.{k}", v, known[k])
+    return cls(**kwargs)
+
+
+def config_from_dict(raw: dict[str, Any], overrides: list[str] | None = None) -> Config:
+    """Build a validated Config from nested dicts plus `section.field=value` overrides (YAML values)."""
+    import yaml
+
+    raw = {k: dict(v or {}) for k, v in (raw or {}).items()}
+    for k in raw:
+        if k not in SECTIONS:
+            _fail(k, raw[k], f"unknown section; known sections: {sorted(SECTIONS)}")
+    for item in overrides or []:
+        key, sep, text = item.partition("=")
+        sec, dot, name = key.strip().partition(".")
+        if not sep or not dot or sec not in SECTIONS:
+            raise ConfigError(
+                f"override {item!r}: expected section.field=value with section in {sorted(SECTIONS)}"
+            )
+        raw.setdefault(sec, {})[name] = yaml.safe_load(text)
+    return Config(**{sec: _build_section(sec, raw.get(sec, {})) for sec in SECTIONS})
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read a YAML preset and apply overrides; errors name the file and the field."""
+    import yaml
+
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections")
+    try:
+        return config_from_dict(raw, overrides)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+
+
+def eval_points(cfg: EvalConfig, budget: int) -> list[int]:
+    """Sample counts after which to evaluate: `cfg.at` (capped at the budget), or log-spaced; always the end."""
+    if cfg.at is not None:
+        pts = [a for a in cfg.at if a <= budget]
+    else:
+        lo = min(cfg.first, budget)
+        n = cfg.points
+        pts = [int(round(lo * (budget / lo) ** (i / max(n - 1, 1)))) for i in range(n)] if n > 1 else []
+    return sorted(set(pts) | {budget})
