@@ -4,12 +4,15 @@ The sampler decides every sample's file and crop; DALI executes it. Per chunk of
 the pipeline gets the file list in sequence order (`fn.readers.numpy(files=...)`, no shuffling) and,
 through `fn.external_source`, each sample's ROI start, flips and jitter, drawn by trainer/data/crops.py
 exactly as the torch backend draws them. Only the ROI is read from disk (`roi_start`/`roi_shape`, zero
-padding where the crop leaves the volume).
+padding where the crop leaves the volume). The intensity jitter is applied by the Loader on the target
+device (trainer/data/crops.py says why).
 
 Modes: `device_id=None` runs the whole pipeline on the CPU. On CUDA the reader is tried on the GPU
 (GPUDirect Storage where the platform has it); if that pipeline cannot be built or run, the CPU reader
 feeds `.gpu()` and the rest runs on the GPU, with a warning. Known DALI details: the CPU `fn.flip` rejects
-float16, so flips run in float32 on a `CDHW` layout; bfloat16 is cast by torch after the pipeline.
+float16 and needs a layout, so the crop is reinterpreted as int16 with a `CDHW` layout and flipped as
+such: a flip only moves elements, and this avoids two float conversions per crop (on 2 cores, read +
+cast + flip + cast ran at ~1/3 of the speed of read + flip).
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from .torch_loader import SampleParams, rank_batches
 # small enough that the per-sample argument arrays stay a few MB on long budgets.
 CHUNK_BATCHES = 2048
 _GPU_READER_BROKEN = False
+# Same-width integer type to flip stored arrays as (flips only move elements).
+_FLIP_AS = {"float16": "INT16", "float32": "INT32"}
 
 
 def _chunk_args(manifest: Manifest, sampler: MixtureSampler, params: SampleParams, batches: list[list[int]]):
@@ -61,7 +66,7 @@ def _build_pipeline(
     num_threads: int,
     device_id: int | None,
     gpu_reader: bool,
-    out_fp16: bool,
+    stored: str,
 ):
     from nvidia.dali import fn, pipeline_def, types
 
@@ -82,8 +87,6 @@ def _build_pipeline(
     def pipe():
         roi = fn.external_source(source=feeder(starts), batch=True, batch_info=True, dtype=types.INT32)
         fl = fn.external_source(source=feeder(flips), batch=True, batch_info=True, dtype=types.INT32)
-        sc = fn.external_source(source=feeder(scale), batch=True, batch_info=True, dtype=types.FLOAT)
-        sh = fn.external_source(source=feeder(shift), batch=True, batch_info=True, dtype=types.FLOAT)
         d = fn.external_source(source=feeder(dom), batch=True, batch_info=True, dtype=types.INT64)
         x = fn.readers.numpy(
             device="gpu" if gpu_reader else "cpu",
@@ -98,12 +101,10 @@ def _build_pipeline(
         )
         if device_id is not None and not gpu_reader:
             x = x.gpu()
-        x = fn.cast(x, dtype=types.FLOAT)
-        x = fn.reshape(x, shape=[1, *crop], layout="CDHW")
+        as_int = getattr(types, _FLIP_AS[stored])
+        x = fn.reinterpret(x, dtype=as_int, shape=[1, *crop], layout="CDHW")
         x = fn.flip(x, depthwise=fl[0], vertical=fl[1], horizontal=fl[2])
-        x = x * sc + sh
-        if out_fp16:
-            x = fn.cast(x, dtype=types.FLOAT16)
+        x = fn.reinterpret(x, dtype=getattr(types, stored.upper()))
         return x, d
 
     p = pipe()
@@ -131,22 +132,28 @@ def dali_batches(
     *,
     start: int,
     batch_size: int,
-    dtype: torch.dtype,
     num_threads: int,
     device: torch.device,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     global _GPU_READER_BROKEN
     if device.type == "cuda":
         device_id = device.index if device.index is not None else torch.cuda.current_device()
     else:
         device_id = None
     all_batches = list(rank_batches(sampler, start, batch_size))
+    stored_types = {r.dtype for vols in sampler.volumes.values() for r in vols}
+    if len(stored_types) > 1:
+        raise ValueError(
+            f"{manifest.root}: the DALI backend needs one stored dtype, found {sorted(stored_types)}"
+        )
+    stored = stored_types.pop() if stored_types else "float16"
     root = str(manifest.root)
     for c in range(0, len(all_batches), CHUNK_BATCHES):
         chunk = all_batches[c : c + CHUNK_BATCHES]
         args = _chunk_args(manifest, sampler, params, chunk)
         kw = dict(crop=params.crop, batch_size=batch_size, num_threads=num_threads, device_id=device_id)
-        kw["out_fp16"] = dtype == torch.float16
+        kw["stored"] = stored
+        jit = torch.from_numpy(np.stack([args[3], args[4]], axis=1))
         pipe = first = None
         if device_id is not None and not _GPU_READER_BROKEN:
             try:
@@ -166,8 +173,7 @@ def dali_batches(
             for it in range(n_iter):
                 x_tl, d_tl = first if (it == 0 and first is not None) else pipe.run()
                 x = _to_torch(x_tl, device)
-                if x.dtype != dtype:
-                    x = x.to(dtype)
-                yield x, _to_torch(d_tl, torch.device("cpu")).to(torch.int64)
+                d = _to_torch(d_tl, torch.device("cpu")).to(torch.int64)
+                yield x, d, jit[it * batch_size : (it + 1) * batch_size]
         finally:
             del pipe

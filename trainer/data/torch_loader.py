@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from .crops import CropParams, augment_array, crop_params, read_roi
+from .crops import CropParams, crop_params, flip_array, read_roi
 from .manifest import Manifest
 from .mixture import MixtureSampler, SampleRef
 
@@ -40,20 +40,20 @@ class SampleParams:
 class CropDataset(torch.utils.data.Dataset):
     """Map-style dataset indexed by global sequence position."""
 
-    def __init__(self, manifest: Manifest, sampler: MixtureSampler, params: SampleParams, dtype):
+    def __init__(self, manifest: Manifest, sampler: MixtureSampler, params: SampleParams):
         self.manifest = manifest
         self.sampler = sampler
         self.params = params
-        self.dtype = dtype
 
     def __len__(self) -> int:
         return len(self.sampler)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, torch.Tensor]:
+        """(flipped crop (1, cd, ch, cw) in the stored dtype, domain id, (scale, shift))."""
         ref = self.sampler.sample(index)
         p = self.params(ref)
-        x = augment_array(read_roi(self.manifest.abspath(ref.record), p, self.params.crop), p)
-        return torch.from_numpy(x)[None].to(self.dtype), ref.domain_id
+        x = flip_array(read_roi(self.manifest.abspath(ref.record), p, self.params.crop), p)
+        return torch.from_numpy(x)[None], ref.domain_id, torch.tensor([p.scale, p.shift])
 
 
 def rank_batches(sampler: MixtureSampler, start: int, batch_size: int) -> Iterator[list[int]]:
@@ -71,11 +71,11 @@ def torch_batches(
     *,
     start: int,
     batch_size: int,
-    dtype: torch.dtype,
     num_threads: int,
     pin_memory: bool,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    ds = CropDataset(manifest, sampler, params, dtype)
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Batches of (raw flipped crops, domain ids, (B, 2) scale/shift); the Loader applies the jitter."""
+    ds = CropDataset(manifest, sampler, params)
     workers = num_threads if num_threads > 1 else 0
     dl = torch.utils.data.DataLoader(
         ds,
@@ -84,5 +84,5 @@ def torch_batches(
         pin_memory=pin_memory,
         prefetch_factor=2 if workers else None,
     )
-    for x, d in dl:
-        yield x, d.to(torch.int64)
+    for x, d, jit in dl:
+        yield x, d.to(torch.int64), jit
