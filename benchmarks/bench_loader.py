@@ -184,24 +184,23 @@ def main() -> None:
     table = []
     for crop in crops:
         n = (batches + 2) * args.batch
-        a = args
         makers = {
-            "monai": lambda crop=crop, n=n: monai_loader(files, crop, a.batch, a.threads, n),
-            "mmap": lambda crop=crop, n=n: mmap_loader(files, a.side, crop, a.batch, a.threads, n),
+            "monai": lambda crop=crop, n=n: monai_loader(files, crop, args.batch, args.threads, n),
+            "mmap": lambda crop=crop, n=n: mmap_loader(files, args.side, crop, args.batch, args.threads, n),
             "voxmix-torch": lambda crop=crop, n=n: voxmix_loader(
-                manifest, "torch", crop, a.batch, a.threads, n, "cpu"
+                manifest, "torch", crop, args.batch, args.threads, n, "cpu"
             ),
             "dali-cpu": lambda crop=crop, n=n: voxmix_loader(
-                manifest, "dali", crop, a.batch, a.threads, n, "cpu"
+                manifest, "dali", crop, args.batch, args.threads, n, "cpu"
             ),
             # ROI reads + flips, no intensity jitter: the same work as the reference figures.
             "dali-cpu-flips": lambda crop=crop, n=n: voxmix_loader(
-                manifest, "dali", crop, a.batch, a.threads, n, "cpu", jitter=NO_JITTER
+                manifest, "dali", crop, args.batch, args.threads, n, "cpu", jitter=NO_JITTER
             ),
         }
         if device == "cuda":
             makers["dali-gpu"] = lambda crop=crop, n=n: voxmix_loader(
-                manifest, "dali", crop, a.batch, a.threads, n, "cuda"
+                manifest, "dali", crop, args.batch, args.threads, n, "cuda"
             )
         rates = {}
         for name, make in makers.items():
