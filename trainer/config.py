@@ -319,6 +319,11 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
             _fail(name, value, "must be an integer")
         return value
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "2e-3" (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             _fail(name, value, "must be a number")
         return float(value)
@@ -346,10 +351,13 @@ def config_from_dict(raw: dict[str, Any], overrides: list[str] | None = None) ->
     """Build a validated Config from nested dicts plus `section.field=value` overrides (YAML values)."""
     import yaml
 
-    raw = {k: dict(v or {}) for k, v in (raw or {}).items()}
-    for k in raw:
+    raw = dict(raw or {})
+    for k, v in raw.items():
         if k not in SECTIONS:
-            _fail(k, raw[k], f"unknown section; known sections: {sorted(SECTIONS)}")
+            _fail(k, v, f"unknown section; known sections: {sorted(SECTIONS)}")
+        if v is not None and not isinstance(v, dict):
+            _fail(k, v, "must be a mapping of fields")
+        raw[k] = dict(v or {})
     for item in overrides or []:
         key, sep, text = item.partition("=")
         sec, dot, name = key.strip().partition(".")

@@ -41,8 +41,8 @@ def get_ops(reference: bool) -> Ops:
 def sincos_pos_embed_3d(grid: tuple[int, int, int], dim: int, temperature: float = 10000.0) -> torch.Tensor:
     """Fixed 3D sin-cos embedding (N, dim), raster order over (D, H, W) with W fastest.
 
-    Each axis gets dim // 6 frequencies (sin and cos); the remainder of dim is zero-padded. Same
-    construction as MONAI's `build_sincos_position_embedding` (axis order d, h, w).
+    Each axis gets dim // 6 frequencies (sin and cos); the remainder of dim is zero-padded (MONAI
+    requires dim % 6 == 0; decoders of width 64 or 512 need the padding).
     """
     d, h, w = grid
     pos_dim = dim // 6
@@ -54,7 +54,9 @@ def sincos_pos_embed_3d(grid: tuple[int, int, int], dim: int, temperature: float
         indexing="ij",
     )
     out = []
-    for g in (gd, gh, gw):
+    # MONAI's axis order (its meshgrid names axis 1 "w", axis 0 "h"): the values then equal
+    # `build_sincos_position_embedding` exactly whenever dim % 6 == 0.
+    for g in (gh, gd, gw):
         ang = g.flatten()[:, None] * omega[None, :]
         out += [torch.sin(ang), torch.cos(ang)]
     emb = torch.cat(out, dim=1)
@@ -211,13 +213,14 @@ def train_flops_per_sample(cfg: ModelConfig) -> float:
     def block(t, e):
         return (8 + 4 * cfg.mlp_ratio) * t * e * e + 4 * t * t * e
 
-    fwd = 2 * n * v * cfg.width + cfg.depth * block(k, cfg.width)
+    fwd = cfg.depth * block(k, cfg.width)
     fwd += (
         2 * k * cfg.width * cfg.dec_width
         + cfg.dec_depth * block(n, cfg.dec_width)
         + 2 * m * cfg.dec_width * v
     )
-    return 3.0 * fwd
+    # The patch projection has no input gradient (the volume needs none): forward + weight grad only.
+    return 3.0 * fwd + 2.0 * (2 * n * v * cfg.width)
 
 
 # ---------------------------------------------------------------------------------------------------
