@@ -52,6 +52,9 @@ def fit_laws(ds: Dataset, cfg: FitConfig | None = None) -> Laws:
                       "cv_rmse_log_per_target": {f: x.cv_per_target for f, x in fits.items()},
                       "descriptions": {f: FORMS[f].description for f in fits}},
         "seconds": round(t_fit, 3), "warnings": ds.warnings, "notes": notes,
+        # The points fitted, so that `lawfit report` can draw them without the run logs.
+        "data": {"run_ids": ds.run_ids, "run": ds.run.tolist(), "samples_seen": ds.D.tolist(),
+                 "loss": [[None if not np.isfinite(v) else float(v) for v in row] for row in ds.y]},
     }
     if samples:
         laws.uncertainty = _summarize(laws, samples, cfg)

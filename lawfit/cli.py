@@ -1,0 +1,221 @@
+"""The `lawfit` command: fit, allocate, validate, plan, report, simulate (see README and docs/lawfit.md)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+
+from .errors import LawfitError
+
+
+def _pairs(items: list[str] | None, opt: str, conv=float) -> dict:
+    out = {}
+    for it in items or []:
+        if "=" not in it:
+            raise LawfitError(f"{opt} {it!r}: expected DOMAIN=VALUE")
+        k, v = it.split("=", 1)
+        try:
+            out[k] = conv(v)
+        except ValueError:
+            raise LawfitError(f"{opt} {it!r}: {v!r} is not a valid number") from None
+    return out
+
+
+def _fit_config(a):
+    from .fit import FitConfig
+
+    return FitConfig(bootstrap=getattr(a, "bootstrap", 0), seed=a.seed, workers=a.workers,
+                     forms=tuple(a.forms) if a.forms else None, progress=not a.quiet)
+
+
+def _dataset(a):
+    from .dataset import build_dataset, load_runs
+
+    ds = build_dataset(load_runs(a.runs), a.domains)
+    for w in ds.warnings:
+        print(f"lawfit: warning: {w}", file=sys.stderr)
+    return ds
+
+
+def cmd_fit(a) -> int:
+    from .study import fit_laws
+
+    laws = fit_laws(_dataset(a), _fit_config(a))
+    laws.save(a.output)
+    sel = laws.fit["selection"]
+    print(f"wrote {a.output}: form {laws.form} ({sel['method']})")
+    for d in laws.domains:
+        t = laws.targets[d]
+        rm = laws.fit["per_target"][d]["rmse_log"]
+        print(f"  {d}: E={t.E:.4g} A={t.A:.4g} alpha={t.alpha:.3f} rmse(log)={rm:.4f}")
+    return 0
+
+
+def cmd_allocate(a) -> int:
+    from .allocate import Budget, allocate
+    from .io import atomic_write_json
+    from .lawsfile import Laws
+
+    if a.budget_samples is not None and a.budget_hours is not None:
+        raise LawfitError("give one budget: --budget-samples or --budget-hours, not both")
+    budget = Budget(samples=a.budget_samples,
+                    seconds=None if a.budget_hours is None else a.budget_hours * 3600.0)
+    laws = Laws.load(a.laws)
+    alloc = allocate(laws, budget, weights=_pairs(a.weights, "--weights"), max_epochs=a.max_epochs,
+                     min_share=a.min_share, seed=a.seed)
+    atomic_write_json(a.output, alloc)
+    print(f"wrote {a.output}: {alloc['budget']['samples']} samples")
+    for d, e in alloc["domains"].items():
+        print(f"  {d:<20} share {e['weight']:.4f}  samples {e['samples']:>10}  "
+              f"predicted loss {alloc['predicted_loss'][d]:.4f}  hub class {alloc['hubs']['class'][d]}")
+    for name, b in alloc["baselines"].items():
+        im = b["improvement"]
+        print(f"  vs {name:<20} improvement {100 * im['raw']:+.2f}% raw, {100 * im['reducible']:+.2f}% reducible")
+    k = alloc["objective"]["kkt"]
+    print(f"  optimality (KKT) {'satisfied' if k['satisfied'] else 'NOT satisfied'}: "
+          f"relative violation {k['relative_violation']:.1e}")
+    return 0
+
+
+def cmd_validate(a) -> int:
+    from .io import atomic_write_json
+    from .validate import format_table, validate
+
+    res = validate(_dataset(a), a.fit_max_samples, _fit_config(a))
+    print(format_table(res))
+    if a.output:
+        atomic_write_json(a.output, res)
+    return 0
+
+
+def cmd_plan(a) -> int:
+    from .io import atomic_write_json
+    from .plan import make_plan
+
+    plan = make_plan(a.domains, _pairs(a.unique, "--unique", int), a.target_budget, a.pilot_fraction,
+                     n_mixtures=a.mixtures, n_evals=a.evals, seed=a.seed, max_epochs=a.max_epochs)
+    atomic_write_json(a.output, plan)
+    print(f"wrote {a.output}: {len(plan['runs'])} runs, {plan['pilot_samples']} pilot samples "
+          f"({100 * plan['pilot_samples'] / plan['target_budget']:.1f}% of the target budget)")
+    for r in plan["runs"]:
+        print(f"  {r['run_id']:<24} {r['role']:<9} {r['budget_samples']:>9} samples, {len(r['eval_at'])} evals")
+    for w in plan["warnings"]:
+        print(f"lawfit: warning: {w}", file=sys.stderr)
+    return 0
+
+
+def cmd_report(a) -> int:
+    from .allocate import validate_allocation
+    from .io import read_json
+    from .lawsfile import Laws
+    from .report import write_report
+
+    laws = Laws.load(a.laws)
+    alloc = validate_allocation(read_json(a.allocation), a.allocation) if a.allocation else None
+    files = write_report(laws, alloc, a.output)
+    print(f"wrote {len(files)} files to {a.output}: " + ", ".join(p.name for p in files))
+    return 0
+
+
+def cmd_simulate(a) -> int:
+    from .io import read_json
+    from .lawsfile import Laws
+    from .simulate import default_design, simulate_runs
+
+    laws = Laws.load(a.truth)
+    if a.plan:
+        plan = read_json(a.plan)
+    else:
+        plan = default_design(laws, budget_per_run=a.budget_per_run, n_mixtures=a.mixtures, n_evals=a.evals,
+                              seed=a.seed)
+    paths = simulate_runs(laws, plan, a.output, noise=a.noise, seed=a.seed, overwrite=a.overwrite)
+    print(f"wrote {len(paths)} simulated runs to {a.output}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lawfit", description="Transfer-aware scaling laws and data allocation.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    def fit_opts(s):
+        s.add_argument("runs", nargs="+", help="run directories, runlog.jsonl files, globs, or parent folders")
+        s.add_argument("--domains", nargs="+", help="domains to model (default: all in the runs)")
+        s.add_argument("--forms", nargs="+", help="candidate law forms (default: chosen from the data)")
+        s.add_argument("--workers", type=int, default=0, help="processes (default: one per core)")
+        s.add_argument("--seed", type=int, default=0)
+        s.add_argument("--quiet", action="store_true", help="no progress output")
+
+    s = sub.add_parser("fit", help="fit the laws to run logs")
+    fit_opts(s)
+    s.add_argument("--bootstrap", type=int, default=100, help="bootstrap resamples over runs (0: none)")
+    s.add_argument("-o", "--output", required=True, help="laws.json to write")
+    s.set_defaults(fn=cmd_fit)
+
+    s = sub.add_parser("allocate", help="optimal data allocation for a budget")
+    s.add_argument("laws")
+    s.add_argument("--budget-samples", type=int)
+    s.add_argument("--budget-hours", type=float, help="uses each domain's measured seconds per sample")
+    s.add_argument("--weights", nargs="+", metavar="D=W", help="objective weight per domain (default 1)")
+    s.add_argument("--max-epochs", type=float, help="cap: at most this many passes over a domain's unique data")
+    s.add_argument("--min-share", type=float, default=0.0, help="floor: each domain gets this share at least")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("-o", "--output", required=True, help="allocation.json to write")
+    s.set_defaults(fn=cmd_allocate)
+
+    s = sub.add_parser("validate", help="fit on early evaluations, predict later ones")
+    fit_opts(s)
+    s.add_argument("--fit-max-samples", type=float, required=True)
+    s.add_argument("-o", "--output", help="write the scores as JSON")
+    s.set_defaults(fn=cmd_validate)
+
+    s = sub.add_parser("plan", help="propose pilot runs within a fraction of the target budget")
+    s.add_argument("--domains", nargs="+", required=True)
+    s.add_argument("--unique", nargs="+", required=True, metavar="D=N", help="unique samples per domain")
+    s.add_argument("--target-budget", type=int, required=True, help="samples of the final run")
+    s.add_argument("--pilot-fraction", type=float, default=0.1)
+    s.add_argument("--mixtures", type=int, help="random fitting mixtures (default max(2, domains/2))")
+    s.add_argument("--evals", type=int, default=8, help="evaluation points per run (log-spaced)")
+    s.add_argument("--max-epochs", type=float)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("-o", "--output", required=True)
+    s.set_defaults(fn=cmd_plan)
+
+    s = sub.add_parser("report", help="figures and a markdown summary")
+    s.add_argument("laws")
+    s.add_argument("allocation", nargs="?")
+    s.add_argument("-o", "--output", required=True, help="output folder")
+    s.set_defaults(fn=cmd_report)
+
+    s = sub.add_parser("simulate", help="write run logs drawn from known laws")
+    s.add_argument("--truth", required=True, help="laws file (voxmix.laws/1) holding the true laws")
+    s.add_argument("--plan", help="plan.json of the runs to simulate (default: a standard design)")
+    s.add_argument("--budget-per-run", type=int, default=20000)
+    s.add_argument("--mixtures", type=int)
+    s.add_argument("--evals", type=int, default=10)
+    s.add_argument("--noise", type=float, default=0.01, help="lognormal sigma of the observed loss")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--overwrite", action="store_true")
+    s.add_argument("-o", "--output", required=True, help="folder for the run directories")
+    s.set_defaults(fn=cmd_simulate)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", category=RuntimeWarning)
+            return args.fn(args)
+    except LawfitError as exc:
+        print(f"lawfit: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lawfit: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
