@@ -5,10 +5,10 @@ from __future__ import annotations
 import math
 
 import pytest
+from trainer_helpers import REPO
 
 from trainer.config import ConfigError, EvalConfig, OptimConfig, config_from_dict, eval_points, load_config
 from trainer.optim import deepspeed_config, lr_factor
-from trainer_helpers import REPO
 
 
 @pytest.mark.parametrize("name", ["tiny", "small", "base", "large"])
