@@ -114,9 +114,10 @@ def main() -> None:
 
     form = FORMS[laws.form]
     prob = F._problem(ds, 0)
-    th0 = F._grid_starts(form, prob, [d for d in ds.domains if d != ds.domains[0]], cfg.d0)[0]
+    ref = F.reference_scale(prob, cfg.d0)
+    th0 = F._grid_starts(form, prob, [d for d in ds.domains if d != ds.domains[0]], cfg.d0, ref)[0]
     bounds = form.bounds(ds.domains[1:], float(np.exp(prob[-1].min())))
-    obj = lambda th: F._objective(th, form, prob, cfg.huber_delta, cfg.d0)
+    obj = lambda th: F._objective(th, form, prob, cfg.huber_delta, cfg.d0, ref)
     _, t_fd = timed(
         lambda: minimize(
             lambda th: obj(th)[0],

@@ -28,20 +28,21 @@ Geometry make_geometry(int64_t b, int64_t c, int64_t d, int64_t h, int64_t w, in
 }
 
 // Calls fn(volume_offset, patch_offset, run_length) for every W-run of the strip of gw patches
-// (b, z, y) = task r. Walking the strip source-row by source-row reads each volume row of W voxels
-// in order and writes a compact gw*V block of the output: both streams stay sequential, which the
-// hardware prefetchers need (a patch-by-patch walk jumps across D*H*W and ran ~2x slower).
+// (b, z, y) = task r, patch by patch. Each patch is written as one sequential stream; the C*pd*ph
+// source rows of the strip (~100 KB for 16^3 patches) stay in L2 while the gw patches re-read them.
+// (Writing all gw patches row by row instead makes gw streams 16 KB apart, which alias in L1 and
+// measured 1.3x slower; a whole-volume patch-by-patch walk misses L2.)
 template <typename Fn>
 inline void for_each_run(const Geometry& g, int64_t r, Fn fn) {
   const int64_t bi = r / (g.gd * g.gh), z = (r / g.gh) % g.gd, y = r % g.gh;
   const int64_t hw = g.h * g.w, dhw = g.d * hw;
   const int64_t first_patch = (bi * g.gd * g.gh + z * g.gh + y) * g.gw;
-  for (int64_t c = 0; c < g.c; ++c) {
-    for (int64_t i = 0; i < g.pd; ++i) {
-      for (int64_t j = 0; j < g.ph; ++j) {
-        const int64_t src = (bi * g.c + c) * dhw + (z * g.pd + i) * hw + (y * g.ph + j) * g.w;
-        const int64_t within = ((c * g.pd + i) * g.ph + j) * g.pw;
-        for (int64_t xw = 0; xw < g.gw; ++xw) fn(src + xw * g.pw, (first_patch + xw) * g.v + within, g.pw);
+  for (int64_t xw = 0; xw < g.gw; ++xw) {
+    int64_t dst = (first_patch + xw) * g.v;
+    for (int64_t c = 0; c < g.c; ++c) {
+      for (int64_t i = 0; i < g.pd; ++i) {
+        int64_t src = (bi * g.c + c) * dhw + (z * g.pd + i) * hw + y * g.ph * g.w + xw * g.pw;
+        for (int64_t j = 0; j < g.ph; ++j, src += g.w, dst += g.pw) fn(src, dst, g.pw);
       }
     }
   }
