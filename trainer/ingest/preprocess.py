@@ -3,7 +3,7 @@
 Normalization maps every modality to [0, 1] with background at 0, so that zero padding of crops (the
 loaders) is background in every domain:
 - CT: HU window [lo, hi] -> [0, 1] (clipped); foreground = HU > -500 (body, not air).
-- MRI: foreground = voxels above 5% of the volume's 99.5th percentile; the foreground's percentiles
+- MRI: foreground = voxels whose 3x3x3 mean is above 5% of the volume's 99.5th percentile; the foreground's percentiles
   (0.5, 99.5 by default) -> [0, 1] (clipped).
 - PET: SUV / suv_max (clipped) when the metadata gives a SUV factor; else as MRI (per volume). Foreground
   = SUV > 0.1 or, without SUV, as MRI.
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from .readers import IngestFailure, Volume
 from .spec import DomainSpec
@@ -58,7 +59,9 @@ def _percentile_scale(x: np.ndarray, fg: np.ndarray, pct) -> np.ndarray:
 
 
 def _fg_relative(x: np.ndarray) -> np.ndarray:
-    return x > MRI_FG_FRACTION * np.percentile(x, 99.5)
+    # A 3x3x3 mean first: magnitude (Rician) noise in the background otherwise passes the threshold in
+    # scattered voxels and the foreground box becomes the whole grid.
+    return ndimage.uniform_filter(x, 3) > MRI_FG_FRACTION * np.percentile(x, 99.5)
 
 
 def normalize(
