@@ -7,7 +7,8 @@ loaders) is background in every domain:
   (0.5, 99.5 by default) -> [0, 1] (clipped).
 - PET: SUV / suv_max (clipped) when the metadata gives a SUV factor; else as MRI (per volume). Foreground
   = SUV > 0.1 or, without SUV, as MRI.
-Resampling is trilinear (torch) on the raw intensities, before normalization.
+Resampling is trilinear (torch) on the raw intensities, before normalization, with a Gaussian
+pre-filter on the axes being downsampled.
 """
 
 from __future__ import annotations
@@ -43,6 +44,11 @@ def resample(data: np.ndarray, spacing, target) -> tuple[np.ndarray, tuple[float
     shape = [max(1, int(round(n * s / t))) for n, s, t in zip(data.shape, spacing, target)]
     if list(shape) == list(data.shape) and np.allclose(spacing, target):
         return data, tuple(target)
+    # Downsampling: a Gaussian pre-filter (sigma = (factor - 1) / 2 voxels, as skimage's anti_aliasing)
+    # so that thin bright structures do not alias into speckle at the coarser grid.
+    sigma = [max(0.0, (t / s - 1) / 2) for s, t in zip(spacing, target)]
+    if any(sg > 0 for sg in sigma):
+        data = ndimage.gaussian_filter(data, sigma, mode="nearest")
     with torch.no_grad():
         x = torch.from_numpy(np.ascontiguousarray(data))[None, None]
         y = torch.nn.functional.interpolate(x, size=shape, mode="trilinear", align_corners=False)
