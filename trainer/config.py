@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Any
 
 # Named model sizes. `tiny` is sized for 2 CPU cores (32^3 crops, 8^3 patches -> 64 tokens); base is
-# ViT-B (768 wide, 12 deep, 12 heads). Decoders are lighter than their encoders, as in MAE.
+# ViT-B (768 wide, 12 deep, 12 heads). Decoders are lighter than their encoders, as in MAE; every width
+# is a multiple of 6 (the 3D sin-cos embedding) so MONAI's MaskedAutoEncoderViT builds the same shape.
 MODEL_SIZES: dict[str, dict[str, Any]] = {
-    "tiny": dict(crop=32, patch=8, width=96, depth=3, heads=3, dec_width=64, dec_depth=1, dec_heads=2),
-    "small": dict(crop=96, patch=16, width=384, depth=12, heads=6, dec_width=256, dec_depth=4, dec_heads=8),
-    "base": dict(crop=96, patch=16, width=768, depth=12, heads=12, dec_width=512, dec_depth=4, dec_heads=16),
+    "tiny": dict(crop=32, patch=8, width=96, depth=3, heads=3, dec_width=48, dec_depth=1, dec_heads=2),
+    "small": dict(crop=96, patch=16, width=384, depth=12, heads=6, dec_width=192, dec_depth=4, dec_heads=6),
+    "base": dict(crop=96, patch=16, width=768, depth=12, heads=12, dec_width=384, dec_depth=4, dec_heads=12),
     "large": dict(
-        crop=96, patch=16, width=1024, depth=24, heads=16, dec_width=512, dec_depth=8, dec_heads=16
+        crop=96, patch=16, width=1024, depth=24, heads=16, dec_width=384, dec_depth=8, dec_heads=12
     ),
 }
 

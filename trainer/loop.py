@@ -191,6 +191,8 @@ class Trainer:
                     config=cfg.to_dict(),
                     world_size=self.world,
                     eval_at=self.eval_at,
+                    precision="bf16" if self.bf16 else "fp32",
+                    device=str(self.device),
                     total_steps=self.total_steps,
                 )
         self.log(
