@@ -45,5 +45,14 @@ step bench_attention 150 "$PY" benchmarks/bench_attention.py --out "$OUT/attenti
 step bench_patch_embed 60 "$PY" benchmarks/bench_patch_embed.py --out "$OUT/patch_embed.jsonl"
 step bench_mae_loss 45 "$PY" benchmarks/bench_mae_loss.py --out "$OUT/mae_loss.jsonl"
 
+# ---- trainer (issue 5; owner: trainer engineer) -------------------------------------------------
+# GPU tests of the model (bf16 kernels vs fp32 reference) and of one bf16 run of trainer/run.py, then
+# the training-step benchmark: base and large MAE, kernels vs --reference vs MONAI's
+# MaskedAutoEncoderViT, MFU, peak memory, data-wait fraction with the real (DALI) loader.
+# Targets (base, bf16, one H200): MFU >= 40%, >= 1.3x reference, data wait < 5%, faster than MONAI.
+step tests_trainer_gpu 180 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/trainer --junitxml="$OUT/tests_trainer_gpu.xml"
+step bench_train 240 "$PY" benchmarks/bench_train.py --data --out "$OUT/train.jsonl"
+# ---- end trainer -----------------------------------------------------------------------------------
+
 echo "=== done in $(($(date +%s) - START))s with $FAILED failed step(s); results in $OUT"
 exit $((FAILED > 0))
