@@ -129,3 +129,24 @@ def test_bad_loader_arguments(dataset):
         build_loader(dataset, s, crop=(8, 8), batch_size=1)
     with pytest.raises(ValueError, match="backend"):
         build_loader(dataset, s, crop=CROP, batch_size=1, backend="jax")
+
+
+def test_batch_params_equal_single_and_are_well_spread():
+    from trainer.data.crops import crop_params_batch
+
+    shapes = np.array([[10, 4, 6]] * 4000)
+    seeds = np.arange(4000, dtype=np.uint64) * np.uint64(7919)
+    jit = np.tile([0.1, 0.05], (4000, 1))
+    p = crop_params_batch(shapes, (6, 6, 6), seeds, augment=True, jitter=jit)
+    for i in (0, 1, 17, 3999):
+        one = crop_params((10, 4, 6), (6, 6, 6), int(seeds[i]), jitter=(0.1, 0.05))
+        assert one.start == tuple(p["start"][i]) and one.flip == tuple(bool(b) for b in p["flip"][i])
+        assert one.scale == pytest.approx(float(p["scale"][i])) and one.shift == pytest.approx(
+            float(p["shift"][i])
+        )
+    # Offsets uniform over the 5 valid positions of axis 0, flips fair, jitter inside its bounds.
+    counts = np.bincount(p["start"][:, 0], minlength=5)
+    assert counts.min() > 650 and counts.max() < 950
+    assert np.abs(p["flip"].mean(axis=0) - 0.5).max() < 0.04
+    assert 0.9 <= p["scale"].min() and p["scale"].max() <= 1.1 and np.abs(p["shift"]).max() <= 0.05
+    assert p["scale"].std() > 0.05  # spread over the range, not constant

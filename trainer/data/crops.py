@@ -41,6 +41,57 @@ def as_crop(crop: int | tuple[int, int, int] | list[int]) -> tuple[int, int, int
     return c  # type: ignore[return-value]
 
 
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64 finalizer on uint64 arrays (wrapping arithmetic): a counter-based generator, so the
+    parameters of any sample are computed directly, vectorized, without a stateful RNG per sample."""
+    with np.errstate(over="ignore"):
+        x = x + np.uint64(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def _uniform(seeds: np.ndarray, stream: int) -> np.ndarray:
+    """Uniform [0, 1) doubles, one per seed, independent across `stream` numbers."""
+    bits = _mix(seeds ^ _mix(np.full(1, stream, dtype=np.uint64)))
+    return (bits >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
+def crop_params_batch(
+    shapes: np.ndarray,
+    crop: tuple[int, int, int],
+    seeds: np.ndarray,
+    *,
+    augment: bool = True,
+    jitter: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """Parameters of n samples: start (n, 3) int32, flip (n, 3) int32, scale (n,), shift (n,) float32.
+
+    Uniform crop offset per axis; a volume smaller than the crop lands at a uniform offset inside it.
+    `jitter` (n, 2) holds each sample's (scale amplitude, shift amplitude).
+    """
+    shapes = np.asarray(shapes, dtype=np.int64).reshape(-1, 3)
+    seeds = np.asarray(seeds, dtype=np.uint64).reshape(-1)
+    n = len(seeds)
+    c = np.asarray(crop, dtype=np.int64)[None, :]
+    room = np.abs(shapes - c) + 1  # number of valid offsets per axis
+    u = np.stack([_uniform(seeds, k) for k in range(3)], axis=1)
+    off = np.minimum(np.floor(u * room).astype(np.int64), room - 1)
+    start = np.where(shapes >= c, off, -off).astype(np.int32)
+    out = {
+        "start": start,
+        "flip": np.zeros((n, 3), np.int32),
+        "scale": np.ones(n, np.float32),
+        "shift": np.zeros(n, np.float32),
+    }
+    if augment:
+        out["flip"] = (np.stack([_uniform(seeds, 3 + k) for k in range(3)], axis=1) < 0.5).astype(np.int32)
+        jit = np.zeros((n, 2)) if jitter is None else np.asarray(jitter, dtype=np.float64).reshape(n, 2)
+        out["scale"] = (1.0 + (2 * _uniform(seeds, 6) - 1) * jit[:, 0]).astype(np.float32)
+        out["shift"] = ((2 * _uniform(seeds, 7) - 1) * jit[:, 1]).astype(np.float32)
+    return out
+
+
 def crop_params(
     shape: tuple[int, int, int],
     crop: tuple[int, int, int],
@@ -49,21 +100,20 @@ def crop_params(
     augment: bool = True,
     jitter: tuple[float, float] = (0.0, 0.0),
 ) -> CropParams:
-    """Uniform crop offset per axis; a volume smaller than the crop lands at a uniform offset inside it."""
-    rng = np.random.default_rng(seed)
-    start = []
-    for s, c in zip(shape, crop):
-        if s >= c:
-            start.append(int(rng.integers(0, s - c + 1)))
-        else:
-            start.append(-int(rng.integers(0, c - s + 1)))
-    if not augment:
-        return CropParams(start=tuple(start), flip=(False, False, False))  # type: ignore[arg-type]
-    flip = tuple(bool(b) for b in rng.integers(0, 2, size=3))
-    a, b = jitter
-    scale = float(1.0 + rng.uniform(-a, a)) if a > 0 else 1.0
-    shift = float(rng.uniform(-b, b)) if b > 0 else 0.0
-    return CropParams(start=tuple(start), flip=flip, scale=scale, shift=shift)  # type: ignore[arg-type]
+    """One sample's parameters (the same numbers as `crop_params_batch`)."""
+    p = crop_params_batch(
+        np.asarray([shape]),
+        crop,
+        np.asarray([seed], dtype=np.uint64),
+        augment=augment,
+        jitter=np.asarray([jitter]),
+    )
+    return CropParams(
+        start=tuple(int(v) for v in p["start"][0]),  # type: ignore[arg-type]
+        flip=tuple(bool(v) for v in p["flip"][0]),  # type: ignore[arg-type]
+        scale=float(p["scale"][0]),
+        shift=float(p["shift"][0]),
+    )
 
 
 def read_roi(path: str | Path, params: CropParams, crop: tuple[int, int, int]) -> np.ndarray:

@@ -12,29 +12,38 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from .crops import CropParams, crop_params, flip_array, read_roi
+from .crops import CropParams, _mix, crop_params, crop_params_batch, flip_array, read_roi
 from .manifest import Manifest
 from .mixture import MixtureSampler, SampleRef
 
 
 class SampleParams:
-    """Crop parameters of a sample: f(sampler's crop seed, loader seed, shape, crop, jitter)."""
+    """Crop parameters of samples: f(sampler's crop seed, loader seed, shape, crop, jitter)."""
 
     def __init__(self, crop, *, seed: int, augment: bool, jitter: dict[str, tuple[float, float]]):
         self.crop = crop
         self.seed = int(seed)
         self.augment = augment
         self.jitter = jitter
+        self._seed_mix = int(_mix(np.asarray([self.seed & (2**64 - 1)], dtype=np.uint64))[0])
+
+    def _jit(self, ref: SampleRef) -> tuple[float, float]:
+        return self.jitter.get(ref.domain, self.jitter.get(ref.record.modality, (0.0, 0.0)))
+
+    def batch(self, refs: list[SampleRef]) -> dict[str, np.ndarray]:
+        """Vectorized parameters of many samples (start, flip, scale, shift arrays)."""
+        seeds = np.asarray([r.crop_seed for r in refs], dtype=np.uint64) ^ np.uint64(self._seed_mix)
+        return crop_params_batch(
+            np.asarray([r.record.shape for r in refs]).reshape(-1, 3),
+            self.crop,
+            seeds,
+            augment=self.augment,
+            jitter=np.asarray([self._jit(r) for r in refs], dtype=np.float64).reshape(-1, 2),
+        )
 
     def __call__(self, ref: SampleRef) -> CropParams:
-        jit = self.jitter.get(ref.domain, self.jitter.get(ref.record.modality, (0.0, 0.0)))
-        return crop_params(
-            ref.record.shape,
-            self.crop,
-            np.random.SeedSequence([ref.crop_seed, self.seed & 0xFFFFFFFF]).generate_state(1)[0],
-            augment=self.augment,
-            jitter=jit,
-        )
+        seed = ref.crop_seed ^ self._seed_mix
+        return crop_params(ref.record.shape, self.crop, seed, augment=self.augment, jitter=self._jit(ref))
 
 
 class CropDataset(torch.utils.data.Dataset):
