@@ -73,6 +73,20 @@ def rank_batches(sampler: MixtureSampler, start: int, batch_size: int) -> Iterat
         yield [s + sampler.rank + k * sampler.world_size for k in range(batch_size)]
 
 
+class _RankBatches:
+    """Lazy batch sampler (a list would hold every batch of a long run in memory)."""
+
+    def __init__(self, sampler: MixtureSampler, start: int, batch_size: int):
+        self.sampler, self.start, self.batch_size = sampler, start, batch_size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return rank_batches(self.sampler, self.start, self.batch_size)
+
+    def __len__(self) -> int:
+        step = self.batch_size * self.sampler.world_size
+        return max(0, (len(self.sampler) - self.start) // step)
+
+
 def torch_batches(
     manifest: Manifest,
     sampler: MixtureSampler,
@@ -88,7 +102,7 @@ def torch_batches(
     workers = num_threads if num_threads > 1 else 0
     dl = torch.utils.data.DataLoader(
         ds,
-        batch_sampler=list(rank_batches(sampler, start, batch_size)),
+        batch_sampler=_RankBatches(sampler, start, batch_size),
         num_workers=workers,
         pin_memory=pin_memory,
         prefetch_factor=2 if workers else None,
