@@ -29,11 +29,11 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
-def _logged_state(path: Path) -> tuple[bool, int]:
-    """(has a start event, last eval step) of an existing run log; a truncated last line is ignored."""
-    has_start, last_eval = False, -1
+def _logged_state(path: Path) -> tuple[bool, int, bool]:
+    """(has a start event, last eval step, ended completed) of an existing run log; bad lines are ignored."""
+    has_start, last_eval, completed = False, -1, False
     if not path.exists():
-        return has_start, last_eval
+        return has_start, last_eval, completed
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             ev = json.loads(line)
@@ -42,7 +42,9 @@ def _logged_state(path: Path) -> tuple[bool, int]:
         has_start |= ev.get("event") == "start"
         if ev.get("event") == "eval":
             last_eval = max(last_eval, int(ev.get("step", -1)))
-    return has_start, last_eval
+        if ev.get("event") == "end":
+            completed = ev.get("status") == "completed"
+    return has_start, last_eval, completed
 
 
 class Trainer:
@@ -80,7 +82,7 @@ class Trainer:
             self.sampler,
             crop=cfg.model.crop,
             batch_size=cfg.data.batch_size,
-            device=self.device.type,
+            device=str(self.device),
             backend=cfg.data.backend,
             dtype=self.dtype,
             num_threads=cfg.data.num_threads,
@@ -170,13 +172,17 @@ class Trainer:
 
     def _train(self, writer) -> int:
         cfg = self.cfg
-        has_start, last_logged_eval = _logged_state(self.out / RUNLOG)
+        has_start, last_logged_eval, completed = _logged_state(self.out / RUNLOG)
         evals_done: list[int] = []
         if self.resume:
             client = checkpoint.load(self.engine, self.ckpt_dir, self.mask_gen, rank=self.rank)
             self.loader.load_state_dict(client["loader"])
             evals_done = list(client["evals_done"])
             self.log(f"resumed at step {self.engine.global_steps}, sample position {self.loader.position}")
+            if completed and self.engine.global_steps >= self.total_steps:
+                self.log("the run had already completed; nothing to do")
+                return self.engine.global_steps
+        tb = self._tensorboard()
         if self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write_json(self.out / "config.json", {"config": cfg.to_dict(), "world_size": self.world})
@@ -216,6 +222,9 @@ class Trainer:
             if bad:
                 raise NonFiniteLoss(f"step {step}: evaluation loss is not finite {bad}")
             if self.rank == 0 and step > last_logged_eval:
+                if tb is not None:
+                    for d, v in loss.items():
+                        tb.add_scalar(f"eval_loss/{d}", v, position)
                 writer.eval(
                     step=step, samples_seen=self.samples_seen(position), loss=loss, samples_total=position
                 )
@@ -289,6 +298,11 @@ class Trainer:
                 if rep is not None:
                     if self.rank == 0:
                         writer.throughput(step=step, train_loss=train_loss, lr=self.engine.get_lr()[0], **rep)
+                        if tb is not None:
+                            tb.add_scalar("train/loss", train_loss, step)
+                            for k in ("samples_per_s", "data_wait_frac", "tflops_per_device", "mfu"):
+                                if k in rep:
+                                    tb.add_scalar(f"throughput/{k}", rep[k], step)
                     self.log(
                         f"step {step}/{self.total_steps} loss {train_loss:.4f} "
                         f"{rep['samples_per_s']:.1f} samples/s, data wait {100 * rep['data_wait_frac']:.0f}%"
@@ -301,10 +315,24 @@ class Trainer:
                 save(step)
             self.window.reset()
         self._export()
+        if tb is not None:
+            tb.close()
         if self.rank == 0:
             writer.end(status="completed", step=step)
         self.log(f"done: {step} steps, {self.out}")
         return step
+
+    def _tensorboard(self):
+        """A SummaryWriter under <out>/tb on rank 0 when train.tensorboard is set (optional dependency)."""
+        if not self.cfg.train.tensorboard or self.rank != 0:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise ValueError(
+                "config field 'train.tensorboard' = True needs the tensorboard package"
+            ) from None
+        return SummaryWriter(str(self.out / "tb"))
 
     def _export(self) -> None:
         """encoder.pt in MONAI ViT layout (rank 0); under ZeRO-3 all ranks gather the parameters first."""

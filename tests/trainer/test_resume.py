@@ -67,6 +67,10 @@ def test_kill_and_resume_reproduces_the_uninterrupted_run(dataset, reference_run
     assert resumed and {e["step"] for e in resumed} == set(range(killed_at + 1, 25))
     for e in tp:
         assert abs(e["train_loss"] - ref_tp[e["step"]]) <= 1e-6 * ref_tp[e["step"]], e["step"]
+    # Resuming a completed run changes nothing.
+    n = len(events(out))
+    run_trainer([*args, "--resume"])
+    assert len(events(out)) == n
 
 
 def test_resume_without_or_with_corrupt_checkpoint_names_the_file(dataset, reference_run, tmp_path):
