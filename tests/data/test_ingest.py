@@ -276,3 +276,34 @@ def test_downsampling_is_antialiased():
     assert out.shape == (10, 4, 4) and spacing == (3.0, 1.0, 1.0)
     # Without the pre-filter trilinear sampling lands on voxel centres 1, 4, 7, ...: a +-1 alias.
     assert np.abs(out).max() < 0.3
+
+
+def test_crash_mid_run_keeps_every_record(tmp_path, monkeypatch):
+    from trainer.ingest import pipeline
+
+    hu = phantom_hu()
+    for n in range(3):
+        write_nifti(tmp_path / f"v{n}.nii.gz", np.roll(hu, n, axis=2))
+    spec = load_spec(
+        _spec(tmp_path, "domains:\n  ct: {modality: CT, sources: ['*.nii.gz'], spacing: null}\n")
+    )
+    out = tmp_path / "out"
+    ingest(spec, out, progress=False)
+    write_nifti(tmp_path / "v0.nii.gz", np.roll(hu, 7, axis=2))  # changed: will be processed again
+    calls = []
+    real = pipeline.process
+
+    def crashing(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the run dies after the first result was checkpointed
+        return real(*args)
+
+    monkeypatch.setattr(pipeline, "CHECKPOINT_EVERY", 1)
+    monkeypatch.setattr(pipeline, "process", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        ingest(spec, out, progress=False)
+    # The checkpoint holds the new v0 and the untouched v1, v2: nothing is lost or redone.
+    assert sorted(r.source for r in read_manifest(out).records) == ["v0.nii.gz", "v1.nii.gz", "v2.nii.gz"]
+    monkeypatch.setattr(pipeline, "process", real)
+    assert ingest(spec, out, progress=False).skipped == 3

@@ -79,10 +79,12 @@ def _classify(exc: BaseException) -> str:
 
 
 def process(item: Item, spec: DomainSpec, out: str, previous: dict | None) -> dict:
-    """Worker: one source -> {"record": ...} or {"skipped": record} or {"failure": ...}. Never raises."""
-    import torch
+    """Worker: one source -> {"record": ...} or {"skipped": record} or {"failure": ...}, plus its domain
+    and source. Never raises."""
+    return {**_process(item, spec, out, previous), "domain": spec.name, "source": item.source}
 
-    torch.set_num_threads(1)  # parallelism comes from the worker processes
+
+def _process(item: Item, spec: DomainSpec, out: str, previous: dict | None) -> dict:
     t0 = time.perf_counter()
     try:
         sha = checksum(item) if item.kind != "bad" else ""
@@ -120,6 +122,12 @@ def process(item: Item, spec: DomainSpec, out: str, previous: dict | None) -> di
                 "detail": f"{type(exc).__name__}: {exc}",
             }
         }
+
+
+def _init_worker() -> None:
+    import torch
+
+    torch.set_num_threads(1)  # parallelism comes from the worker processes
 
 
 def _record(obj: dict) -> VolumeRecord:
@@ -176,8 +184,17 @@ def ingest(spec: Spec, out: str | os.PathLike, *, workers: int = 1, progress: bo
     result = Result()
     header = {"spec": str(spec.path), "created_by": "trainer.ingest"}
 
-    def checkpoint() -> None:
-        write_manifest(out / FILENAME, _ensure_val(result.done, spec), header)
+    # Records of the previous manifest not handled yet stay in intermediate checkpoints, so that a crash
+    # in the middle of a resumed run does not make the next run redo them.
+    unhandled = {
+        (d.name, item.source): previous[(d.name, item.source)]
+        for item, d in jobs
+        if (d.name, item.source) in previous
+    }
+
+    def checkpoint(final: bool = False) -> None:
+        keep = [] if final else [_record(r) for r in unhandled.values()]
+        write_manifest(out / FILENAME, _ensure_val(result.done + keep, spec), header)
 
     bar = None
     if progress:
@@ -186,6 +203,7 @@ def ingest(spec: Spec, out: str | os.PathLike, *, workers: int = 1, progress: bo
         bar = tqdm(total=len(jobs), unit="vol", desc="ingest", file=sys.stderr)
 
     def handle(res: dict) -> None:
+        unhandled.pop((res["domain"], res["source"]), None)
         if "record" in res:
             result.done.append(_record(res["record"]))
         elif "skipped" in res:
@@ -204,13 +222,13 @@ def ingest(spec: Spec, out: str | os.PathLike, *, workers: int = 1, progress: bo
         for a in args:
             handle(process(*a))
     else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker) as pool:
             futures = [pool.submit(process, *a) for a in args]
             for f in as_completed(futures):
                 handle(f.result())
     if bar is not None:
         bar.close()
-    checkpoint()
+    checkpoint(final=True)
     result.done = _ensure_val(result.done, spec)
     lines = [
         json.dumps(f, sort_keys=True)
