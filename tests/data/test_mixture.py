@@ -105,28 +105,31 @@ def test_sharding_covers_sequence_exactly_once(world_size):
         assert all(x == single.sample(x.index) for x in refs)
 
 
-@pytest.mark.parametrize("w0, w1, steps", [(1, 2, 3), (2, 3, 2), (4, 1, 1), (3, 2, 0), (2, 2, 5)])
-def test_resume_across_world_sizes(w0, w1, steps):
-    """Consume `steps` samples per rank with w0 ranks, checkpoint, resume with w1 ranks: the union of both
-    phases is the global sequence, each position exactly once."""
+def test_resume_across_world_sizes_exhaustive():
+    """For every (w0 ranks, k samples per rank, then w1 ranks) on a small allocation: consume k per rank,
+    checkpoint, resume on w1 ranks; the union is the global sequence, each position exactly once, and
+    each sample equals the single-process one."""
     m = manifest_with({"a": 3, "b": 5})
     alloc = _alloc_counts({"a": 13, "b": 8})
-    phase0 = []
-    states = []
-    for r in range(w0):
-        s = MixtureSampler(alloc, m, seed=9, rank=r, world_size=w0)
-        it = iter(s)
-        phase0 += [next(it) for _ in range(steps)]
-        states.append(s.state_dict())
-    assert all(st == states[0] for st in states) and states[0]["position"] == steps * w0
-    phase1 = []
-    for r in range(w1):
-        s = MixtureSampler(alloc, m, seed=9, rank=r, world_size=w1)
-        s.load_state_dict(states[0])
-        phase1 += list(s)
-    assert sorted(x.index for x in phase0 + phase1) == list(range(21))
     ref = MixtureSampler(alloc, m, seed=9)
-    assert all(x == ref.sample(x.index) for x in phase0 + phase1)
+    want = [ref.sample(i) for i in range(21)]
+    for w0 in range(1, 5):
+        for w1 in range(1, 5):
+            for steps in range(0, 21 // w0 + 1):
+                phase0, states = [], []
+                for r in range(w0):
+                    s = MixtureSampler(alloc, m, seed=9, rank=r, world_size=w0)
+                    it = iter(s)
+                    phase0 += [next(it) for _ in range(steps)]
+                    states.append(s.state_dict())
+                assert all(st == states[0] for st in states) and states[0]["position"] == steps * w0
+                phase1 = []
+                for r in range(w1):
+                    s = MixtureSampler(alloc, m, seed=9, rank=r, world_size=w1)
+                    s.load_state_dict(states[0])
+                    phase1 += list(s)
+                got = sorted(phase0 + phase1, key=lambda x: x.index)
+                assert got == want, (w0, w1, steps)
 
 
 def test_state_errors_and_rank_checks():
