@@ -107,3 +107,15 @@ def test_budget_override_and_reference_switch(dataset, tmp_path):
     assert log.budget_samples == 64 and [e.step for e in log.evals] == [4, 8]
     assert log.evals[-1].samples_seen == {"ct_abdomen": 32, "mri_brain": 32}
     assert log.config["model"]["reference"] is True
+
+
+def test_mixture_and_budget_without_allocation_file(dataset, tmp_path):
+    """A plan entry (mixture + budget + eval points) runs directly; the counts follow the weights exactly."""
+    manifest, _ = dataset
+    out = tmp_path / "m"
+    run_trainer(["--config", "configs/tiny.yaml", "--manifest", str(manifest), "--mixture", "ct_abdomen=1,mri_brain=3",
+                 "--budget-samples", "64", "--eval-at", "16", "--out", str(out), "--set", "data.num_threads=1"])  # fmt: skip
+    log = read_runlog(out)
+    assert log.mixture == {"ct_abdomen": 0.25, "mri_brain": 0.75} and log.budget_samples == 64
+    assert [e.step for e in log.evals] == [2, 8]
+    assert log.evals[-1].samples_seen == {"ct_abdomen": 16, "mri_brain": 48}
