@@ -49,6 +49,10 @@ def _chunk_args(manifest: Manifest, sampler: MixtureSampler, params: SampleParam
     )
 
 
+def _slice_args(args, lo: int):
+    return tuple(a[lo:] for a in args)
+
+
 def _build_pipeline(
     root: str,
     args,
@@ -145,26 +149,27 @@ def dali_batches(
         kw = dict(crop=params.crop, batch_size=batch_size, num_threads=num_threads, device_id=device_id)
         kw["stored"] = stored
         jit = torch.from_numpy(np.stack([args[3], args[4]], axis=1))
-        pipe = first = None
-        if device_id is not None and not _GPU_READER_BROKEN:
+        it = 0
+        n_iter = len(args[0]) // batch_size
+        while it < n_iter:
+            use_gds = device_id is not None and not _GPU_READER_BROKEN
+            rest = _slice_args(args, it * batch_size)
             try:
-                pipe, n_iter = _build_pipeline(root, args, gpu_reader=True, **kw)
-                first = pipe.run()
-            except Exception as exc:  # GDS/cuFile missing or unsupported filesystem
+                pipe, _ = _build_pipeline(root, rest, gpu_reader=use_gds, **kw)
+                for k in range(it, n_iter):
+                    x_tl, d_tl = pipe.run()
+                    x = _to_torch(x_tl, device)
+                    d = _to_torch(d_tl, torch.device("cpu")).to(torch.int64)
+                    it = k + 1
+                    yield x, d, jit[k * batch_size : (k + 1) * batch_size]
+            except Exception as exc:
+                if not use_gds:
+                    raise
+                # GDS/cuFile missing, unsupported filesystem or ROI: continue this chunk from the first
+                # batch not yet returned with the CPU reader (then .gpu()); later chunks too.
                 _GPU_READER_BROKEN = True
                 warnings.warn(
                     f"DALI GPU numpy reader unavailable ({type(exc).__name__}: {exc}); "
                     "reading on the CPU and copying crops to the GPU",
                     stacklevel=2,
                 )
-                pipe = first = None
-        if pipe is None:
-            pipe, n_iter = _build_pipeline(root, args, gpu_reader=False, **kw)
-        try:
-            for it in range(n_iter):
-                x_tl, d_tl = first if (it == 0 and first is not None) else pipe.run()
-                x = _to_torch(x_tl, device)
-                d = _to_torch(d_tl, torch.device("cpu")).to(torch.int64)
-                yield x, d, jit[it * batch_size : (it + 1) * batch_size]
-        finally:
-            del pipe
