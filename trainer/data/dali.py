@@ -2,8 +2,8 @@
 
 The sampler decides every sample's file and crop; DALI executes it. Per chunk of this rank's sequence
 the pipeline gets the file list in sequence order (`fn.readers.numpy(files=...)`, no shuffling) and,
-through `fn.external_source`, each sample's ROI start, flips and jitter, drawn by trainer/data/crops.py
-exactly as the torch backend draws them. Only the ROI is read from disk (`roi_start`/`roi_shape`, zero
+through `fn.external_source`, each sample's ROI start, flips and domain id, drawn by
+trainer/data/crops.py exactly as the torch backend draws them. Only the ROI is read from disk (`roi_start`/`roi_shape`, zero
 padding where the crop leaves the volume). The intensity jitter is applied by the Loader on the target
 device (trainer/data/crops.py says why).
 
