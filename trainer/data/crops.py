@@ -131,6 +131,19 @@ def read_roi(path: str | Path, params: CropParams, crop: tuple[int, int, int]) -
     return out
 
 
+def read_crop(path: str | Path, params: CropParams, crop: tuple[int, int, int]) -> np.ndarray:
+    """ROI read and flips in the stored dtype; a crop inside the volume costs one copy (a strided,
+    reversed view of the memory map made contiguous)."""
+    vol = np.load(path, mmap_mode="r")
+    if vol.ndim == 3 and all(0 <= st and st + c <= s for s, c, st in zip(vol.shape, crop, params.start)):
+        view = vol[tuple(slice(st, st + c) for st, c in zip(params.start, crop))]
+        for ax, f in enumerate(params.flip):
+            if f:
+                view = view[(slice(None),) * ax + (slice(None, None, -1),)]
+        return np.array(view, order="C")  # always a copy: never hand out memory of the read-only map
+    return flip_array(read_roi(path, params, crop), params)
+
+
 def flip_array(x: np.ndarray, params: CropParams) -> np.ndarray:
     """Flips, keeping the dtype (the jitter is applied later, on the target device)."""
     axes = tuple(i for i, f in enumerate(params.flip) if f)

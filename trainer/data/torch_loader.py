@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from .crops import CropParams, _mix, crop_params, crop_params_batch, flip_array, read_roi
+from .crops import CropParams, _mix, crop_params, crop_params_batch, read_crop
 from .manifest import Manifest
 from .mixture import MixtureSampler, SampleRef
 
@@ -61,7 +61,7 @@ class CropDataset(torch.utils.data.Dataset):
         """(flipped crop (1, cd, ch, cw) in the stored dtype, domain id, (scale, shift))."""
         ref = self.sampler.sample(index)
         p = self.params(ref)
-        x = flip_array(read_roi(self.manifest.abspath(ref.record), p, self.params.crop), p)
+        x = read_crop(self.manifest.abspath(ref.record), p, self.params.crop)
         return torch.from_numpy(x)[None], ref.domain_id, torch.tensor([p.scale, p.shift])
 
 
