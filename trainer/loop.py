@@ -273,7 +273,9 @@ class Trainer:
             counts = np.bincount(
                 self.schedule[before : self.loader.position], minlength=len(self.alloc.domains)
             )
-            self.window.add(data_wait=wait, counts=counts.tolist())
+            self.window.add(
+                data_wait=wait, counts=counts.tolist(), optimizer_step=micro_done % cfg.optim.grad_accum == 0
+            )
             if micro_done % cfg.optim.grad_accum:
                 continue
             step = self.engine.global_steps

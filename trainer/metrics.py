@@ -70,8 +70,9 @@ class ThroughputWindow:
         self.data_wait = 0.0
         self.counts = [0] * len(self.domains)
 
-    def add(self, *, data_wait: float, counts: list[int]) -> None:
-        self.steps += 1
+    def add(self, *, data_wait: float, counts: list[int], optimizer_step: bool = True) -> None:
+        """One micro-batch; `optimizer_step` when it completed an optimizer step (grad accumulation)."""
+        self.steps += int(optimizer_step)
         self.data_wait += data_wait
         self.counts = [a + b for a, b in zip(self.counts, counts)]
 

@@ -89,32 +89,18 @@ def test_golden_loss_curve(reference_run):
             assert got["eval"][step][d] == pytest.approx(v, rel=2e-4), (step, d, hint)
 
 
-def test_budget_override_and_reference_switch(dataset, tmp_path):
+def test_budget_override_reference_switch_and_grad_accum(dataset, tmp_path):
     manifest, alloc = dataset
     out = tmp_path / "b"
-    run_trainer(
-        [
-            "--config",
-            "configs/tiny.yaml",
-            "--manifest",
-            str(manifest),
-            "--allocation",
-            str(alloc),
-            "--out",
-            str(out),
-            "--budget-samples",
-            "64",
-            "--eval-at",
-            "32",
-            "--reference",
-            "--set",
-            "data.num_threads=1",
-        ]
-    )
+    run_trainer(["--config", "configs/tiny.yaml", "--manifest", str(manifest), "--allocation", str(alloc),
+                 "--out", str(out), "--budget-samples", "64", "--eval-at", "32", "--reference",
+                 "--set", "data.num_threads=1", "--set", "optim.grad_accum=2", "--set", "train.log_every=2"])  # fmt: skip
     log = read_runlog(out)
-    assert log.budget_samples == 64 and [e.step for e in log.evals] == [4, 8]
+    # 64 samples in optimizer steps of 2 micro-batches x 8: 4 steps, evaluations after 32 and 64 samples.
+    assert log.budget_samples == 64 and [e.step for e in log.evals] == [2, 4]
     assert log.evals[-1].samples_seen == {"ct_abdomen": 32, "mri_brain": 32}
     assert log.config["model"]["reference"] is True
+    assert [(t["step"], t["window_steps"]) for t in log.throughput] == [(2, 2), (4, 2)]
 
 
 def test_mixture_and_budget_without_allocation_file(dataset, tmp_path):
