@@ -34,16 +34,17 @@ BUILD=$!
 
 # Tests use one fixed config per kernel (VOXMIX_AUTOTUNE=0): compile once per head dim, not per config.
 export VOXMIX_AUTOTUNE=0
-step tests_gpu 170 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/kernels --junitxml="$OUT/tests_gpu.xml"
+step tests_gpu 150 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/kernels --junitxml="$OUT/tests_gpu.xml"
 wait "$BUILD" || echo "!!! C++ extension build failed (see $OUT/build_ext.log); CPU-op tests will fail"
-step tests_all 60 "$PY" -m pytest -q -p no:cacheprovider -m "not gpu" tests/kernels --junitxml="$OUT/tests_all.xml"
+step tests_all 70 "$PY" -m pytest -q -p no:cacheprovider -m "not gpu" tests/kernels --junitxml="$OUT/tests_all.xml"
 unset VOXMIX_AUTOTUNE
 
-# Benchmarks autotune (Hopper configs); the chosen configs are printed into the logs.
+# Benchmarks autotune (Hopper configs); the chosen configs are printed into the logs. Rows are
+# appended as measured, so a step cut by its limit still leaves its finished rows.
 export TRITON_PRINT_AUTOTUNING=1
 step bench_attention 150 "$PY" benchmarks/bench_attention.py --out "$OUT/attention.jsonl"
-step bench_patch_embed 60 "$PY" benchmarks/bench_patch_embed.py --out "$OUT/patch_embed.jsonl"
-step bench_mae_loss 45 "$PY" benchmarks/bench_mae_loss.py --out "$OUT/mae_loss.jsonl"
+step bench_patch_embed 50 "$PY" benchmarks/bench_patch_embed.py --out "$OUT/patch_embed.jsonl"
+step bench_mae_loss 40 "$PY" benchmarks/bench_mae_loss.py --out "$OUT/mae_loss.jsonl"
 
 # ---- trainer (issue 5; owner: trainer engineer) -------------------------------------------------
 # GPU tests of the model (bf16 kernels vs fp32 reference) and of one bf16 run of trainer/run.py, then

@@ -26,7 +26,8 @@ def bwd_configs():
         for bm, bn, w, s in [
             (32, 64, 4, 2),
             (64, 64, 4, 2),
-            (64, 64, 8, 3),
+            (32, 128, 4, 3),  # dk/dv: many resident keys, short query steps
+            (128, 32, 4, 3),  # dq: many resident queries, short key steps
             (64, 128, 8, 2),
             (128, 64, 8, 2),
         ]
@@ -49,7 +50,7 @@ def _attention_bwd_preprocess_kernel(
     tl.store(DELTA + pid_bh * N_CTX + offs_m, tl.sum(o * do, 1), mask=offs_m < N_CTX)
 
 
-@triton.autotune(configs=bwd_configs(), key=["N_BUCKET", "HEAD_DIM", "HAS_LENS"])
+@triton.autotune(configs=bwd_configs(), key=["N_BUCKET", "HEAD_DIM"])
 @triton.jit
 def _attention_bwd_dkdv_kernel(
     # pointers (DO, DK, DV contiguous (B, H, N, D) with strides so*; LSE, DELTA (B*H, N) fp32)
@@ -59,16 +60,14 @@ def _attention_bwd_dkdv_kernel(
     # strides
     sqb, sqh, sqn, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sob, soh, son,
     # meta-parameters
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, HAS_LENS: tl.constexpr, DOT_PREC: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PREC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1).to(tl.int64)  # int64: B*H*N*Dh may pass 2^31 for large batches
     b = pid_bh // H
     h = pid_bh % H
-    kv_len = N_CTX
-    if HAS_LENS:
-        kv_len = tl.load(LENS + b)
+    kv_len = tl.load(LENS + b)  # valid keys of this item (N when the batch is not padded)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_m0 = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
@@ -106,7 +105,7 @@ def _attention_bwd_dkdv_kernel(
     tl.store(DV + out, dv.to(DV.dtype.element_ty), mask=mask_out)
 
 
-@triton.autotune(configs=bwd_configs(), key=["N_BUCKET", "HEAD_DIM", "HAS_LENS"])
+@triton.autotune(configs=bwd_configs(), key=["N_BUCKET", "HEAD_DIM"])
 @triton.jit
 def _attention_bwd_dq_kernel(
     # pointers
@@ -116,16 +115,14 @@ def _attention_bwd_dq_kernel(
     # strides
     sqb, sqh, sqn, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sob, soh, son,
     # meta-parameters
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, HAS_LENS: tl.constexpr, DOT_PREC: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PREC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1).to(tl.int64)  # int64: B*H*N*Dh may pass 2^31 for large batches
     b = pid_bh // H
     h = pid_bh % H
-    kv_len = N_CTX
-    if HAS_LENS:
-        kv_len = tl.load(LENS + b)
+    kv_len = tl.load(LENS + b)  # valid keys of this item (N when the batch is not padded)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n0 = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)

@@ -32,12 +32,11 @@ def fwd_configs():
             (128, 64, 8, 3),
             (128, 64, 4, 3),
             (128, 128, 8, 3),
-            (128, 32, 4, 4),
         ]
     ]
 
 
-@triton.autotune(configs=fwd_configs(), key=["N_BUCKET", "HEAD_DIM", "HAS_LENS"])
+@triton.autotune(configs=fwd_configs(), key=["N_BUCKET", "HEAD_DIM"])
 @triton.jit
 def _attention_fwd_kernel(
     # pointers
@@ -71,7 +70,6 @@ def _attention_fwd_kernel(
     # meta-parameters
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,  # HEAD_DIM rounded up to a power of two (80 -> 128): tl.arange needs it
-    HAS_LENS: tl.constexpr,
     DOT_PREC: tl.constexpr,  # "ieee" for fp32 inputs (no silent TF32), "tf32" otherwise (ignored)
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -91,9 +89,7 @@ def _attention_fwd_kernel(
     kt_base = K + b * skb + h * skh + offs_d[:, None] * skd  # K^T tile: (BLOCK_D, BLOCK_N)
     v_base = V + b * svb + h * svh + offs_d[None, :] * svd
 
-    kv_len = N_CTX
-    if HAS_LENS:
-        kv_len = tl.load(LENS + b)
+    kv_len = tl.load(LENS + b)  # valid keys of this item (N when the batch is not padded)
     qk_scale = scale * 1.4426950408889634
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)

@@ -80,9 +80,16 @@ def _meta(q, lengths):
     return dict(
         HEAD_DIM=dh,
         BLOCK_D=max(16, triton.next_power_of_2(dh)),
-        HAS_LENS=lengths is not None,
         DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32",
     )
+
+
+def _lens(lengths, b, n, device):
+    # Always a lengths vector (N for every item when none is given): one compiled kernel serves padded
+    # and unpadded batches, at the cost of one (B,) fill.
+    if lengths is None:
+        return torch.full((b,), n, device=device, dtype=torch.int32)
+    return lengths.to(device=device, dtype=torch.int32).contiguous()
 
 
 def _strides(q, k, v, o):
@@ -96,7 +103,7 @@ def attention_fwd(q, k, v, lengths, scale):
         _check_lengths(lengths, n)
     o = q.new_empty(q.shape)
     lse = torch.empty((b, h, n), device=q.device, dtype=torch.float32)
-    lens = lengths.to(device=q.device, dtype=torch.int32).contiguous() if lengths is not None else lse
+    lens = _lens(lengths, b, n, q.device)
     grid = lambda meta: (triton.cdiv(n, meta["BLOCK_M"]), b * h)
     _attention_fwd_kernel[grid](
         q,
@@ -127,7 +134,7 @@ def attention_bwd(do, q, k, v, o, lse, lengths, scale):
         o, do, delta, n, HEAD_DIM=dh, BLOCK_D=meta["BLOCK_D"], BLOCK_M=block_pre
     )
     dq, dk, dv = q.new_empty(q.shape), q.new_empty(q.shape), q.new_empty(q.shape)
-    lens = lengths.to(device=q.device, dtype=torch.int32).contiguous() if lengths is not None else lse
+    lens = _lens(lengths, b, n, q.device)
     args = (scale, h, n, triton.next_power_of_2(n), *_strides(q, k, v, o))
     grid_n = lambda m: (triton.cdiv(n, m["BLOCK_N"]), b * h)
     _attention_bwd_dkdv_kernel[grid_n](q, k, v, do, lse, delta, dk, dv, lens, *args, **meta)

@@ -54,7 +54,7 @@ def cases(full):
     for dt in ("bf16", "fp32") if full else ("bf16",):
         prec = "ieee" if dt == "fp32" else "tf32"
         for dh in (64, 80, 128) if full else (80,):
-            meta = dict(HEAD_DIM=dh, BLOCK_D=triton.next_power_of_2(dh), HAS_LENS=True, DOT_PREC=prec)
+            meta = dict(HEAD_DIM=dh, BLOCK_D=triton.next_power_of_2(dh), DOT_PREC=prec)
             qkv = {n: dt for n in ("Q", "K", "V", "Out", "DO", "DK", "DV", "DQ")}
             qkv.update(LSE="fp32", DELTA="fp32", LENS="i32")
             for kern in (
@@ -91,7 +91,7 @@ def main(full):
         _attention_bwd._attention_bwd_dkdv_kernel: _attention_bwd.bwd_configs()[0],
         _attention_bwd._attention_bwd_dq_kernel: _attention_bwd.bwd_configs()[0],
     }
-    meta = dict(HEAD_DIM=128, BLOCK_D=128, HAS_LENS=True, DOT_PREC="ieee")
+    meta = dict(HEAD_DIM=128, BLOCK_D=128, DOT_PREC="ieee")
     ptrs = {n: "fp32" for n in ("Q", "K", "V", "Out", "DO", "DK", "DV", "DQ", "LSE", "DELTA")}
     ptrs["LENS"] = "i32"
     for kern, cfg in fixed.items():
