@@ -75,7 +75,7 @@ def _check_lengths(lengths, n):
         raise ValueError(f"lengths must lie in [1, N={n}]; got min {lo}, max {hi}")
 
 
-def _meta(q, lengths):
+def _meta(q):
     dh = q.shape[-1]
     return dict(
         HEAD_DIM=dh,
@@ -117,7 +117,7 @@ def attention_fwd(q, k, v, lengths, scale):
         n,
         triton.next_power_of_2(n),
         *_strides(q, k, v, o),
-        **_meta(q, lengths),
+        **_meta(q),
     )
     return o, lse
 
@@ -127,7 +127,7 @@ def attention_bwd(do, q, k, v, o, lse, lengths, scale):
     b, h, n, dh = q.shape
     do = do.contiguous()
     o = o.contiguous()
-    meta = _meta(q, lengths)
+    meta = _meta(q)
     delta = torch.empty_like(lse)
     block_pre = 64 if not _ext.interpreter() else 16
     _attention_bwd_preprocess_kernel[(triton.cdiv(n, block_pre), b * h)](

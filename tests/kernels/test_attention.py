@@ -151,3 +151,17 @@ def test_gpu_grid(dtype, n, dh):
     lengths = torch.tensor([n, max(1, n // 2)], device="cuda")
     _check_against_ref(q, k, v)
     _check_against_ref(q, k, v, lengths=lengths, scale=1 / math.sqrt(dh) * 0.7)
+
+
+def test_custom_op_plain_cpu_math(no_interpreter):
+    # The op itself also runs on plain CPU (math path), e.g. when called through torch.ops directly.
+    q, k, v = _inputs(2, 1, 13, 32, torch.float32, "cpu", seed=6)
+    lengths = torch.tensor([13, 5])
+    o, _ = torch.ops.voxmix.attention_fwd(q, k, v, lengths, 0.2)
+    do = torch.randn_like(o)
+    grads = torch.autograd.grad(o, (q, k, v), do)
+    qr, kr, vr = (t.detach().clone().requires_grad_() for t in (q, k, v))
+    ref = attention_ref(qr, kr, vr, scale=0.2, lengths=lengths)
+    assert_close("out", o, ref, atol=1e-5)
+    for name, a, r in zip(("dq", "dk", "dv"), grads, torch.autograd.grad(ref, (qr, kr, vr), do)):
+        assert_close(name, a, r, atol=1e-5)

@@ -118,3 +118,9 @@ def test_bad_indices_and_shapes(cpp, device, monkeypatch):
 )
 def test_gpu_grid(shape, patch, m, dtype):
     _check(*_inputs(shape, patch, m, dtype, "cuda", offset=-500.0), patch)
+
+
+def test_fallback_without_extension(no_interpreter, monkeypatch):
+    monkeypatch.setattr(_ext, "ext", lambda: None)
+    pred, x, idx = _inputs((2, 1, 8, 8, 12), (4, 4, 4), 3, torch.float32, "cpu", offset=10.0)
+    _check(pred, x, idx, (4, 4, 4))

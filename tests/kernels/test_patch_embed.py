@@ -125,3 +125,15 @@ def test_gpu_grid(shape, patch, e, dtype):
     # cuDNN would run the fp32 reference Conv3d in TF32: the reference must be real fp32.
     with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
         _check(shape, patch, e, dtype, "cuda")
+
+
+def test_custom_op_plain_cpu_math(no_interpreter):
+    x, w, b, p = _inputs((2, 2, 6, 4, 10), (3, 2, 5), 20, torch.float32, "cpu")
+    y = torch.ops.voxmix.patch_embed3d_fwd(x, w, b, p, 3, 2, 5)
+    dy = torch.randn_like(y)
+    grads = torch.autograd.grad(y, (x, w, b, p), dy)
+    ls = [t.detach().clone().requires_grad_() for t in (x, w, b, p)]
+    ref = _conv_ref(*ls, (3, 2, 5), torch.float32)
+    assert torch.allclose(y, ref, atol=1e-5)
+    for a, r in zip(grads, torch.autograd.grad(ref, ls, dy)):
+        assert torch.allclose(a, r, atol=1e-4)
