@@ -302,13 +302,18 @@ def write_dataset(
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m trainer.phantoms", description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True)
-    p.add_argument("--domains", default=",".join(DOMAINS), help=f"comma-separated, from {','.join(DOMAINS)}")
+    p.add_argument(
+        "--domains",
+        nargs="+",
+        default=list(DOMAINS),
+        help=f"names (space or comma separated) from {list(DOMAINS)}",
+    )
     p.add_argument("--per-domain", type=int, default=8)
     p.add_argument("--size", type=int, default=64, help="grid side in voxels (default 64)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--labels", action="store_true", help="also write label maps (*_labels.nii.gz)")
     a = p.parse_args(argv)
-    domains = [d.strip() for d in a.domains.replace(" ", ",").split(",") if d.strip()]
+    domains = [d.strip() for item in a.domains for d in item.split(",") if d.strip()]
     bad = [d for d in domains if d not in DOMAINS]
     if bad or not domains:
         print(f"error: --domains: unknown {bad}; choose from {list(DOMAINS)}", file=sys.stderr)
