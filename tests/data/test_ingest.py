@@ -61,6 +61,7 @@ def test_every_reader_gives_the_closed_form(tmp_path):
     ]
     want = expected_ct(hu)
     for r in m.records:
+        assert m.abspath(r).read_bytes()[:8] == b"\x93NUMPY\x01\x00"  # .npy format 1.0 (DALI reads it)
         got = np.load(m.abspath(r))
         assert got.dtype == np.float16 and got.flags.c_contiguous, r.source
         assert got.shape == want.shape == r.shape, (r.source, got.shape, want.shape)

@@ -64,7 +64,7 @@ def test_lesion_flags_match_label_maps(tmp_path):
         assert r["lesion"] == bool((lab == phantoms.LESION).any())
         img = nib.load(tmp_path / r["file"])
         assert img.shape == (24, 24, 24) and np.allclose(img.header.get_zooms(), r["spacing"])
-    assert phantoms.main(["--out", str(tmp_path), "--domains", "ct_liver"]) == 2
+    assert phantoms.main(["--out", str(tmp_path), "--domains", "ct_chest", "ct_liver"]) == 2
 
 
 def test_demo_path_end_to_end(tmp_path):
