@@ -89,4 +89,6 @@ def test_dali_gpu_equals_cpu(dataset):
     c = list(_run(dataset, "dali"))
     for (x, d), (y, e) in zip(g, c):
         assert x.device.type == "cuda" and d.device.type == "cuda"
-        assert torch.equal(x.cpu(), y) and torch.equal(d.cpu(), e)
+        assert torch.equal(d.cpu(), e)
+        # The jitter's multiply-add may be fused on the GPU: equal up to one fp16 rounding.
+        torch.testing.assert_close(x.cpu().float(), y.float(), rtol=1e-3, atol=1e-3)

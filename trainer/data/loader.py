@@ -140,7 +140,8 @@ class Loader:
             # Identity jitter (jitter set to zero) is skipped: on the CPU it is a third of the work.
             if self.params.augment and not (bool((jit[:, 0] == 1).all()) and bool((jit[:, 1] == 0).all())):
                 jit = jit.to(self.device, non_blocking=True).view(-1, 2, 1, 1, 1, 1)
-                # float32 math, one rounding to the batch dtype: identical on every backend and device.
+                # float32 math, one rounding to the batch dtype: identical on both backends (a GPU may
+                # fuse the multiply-add, so CPU and GPU batches can differ in the last bit).
                 with _one_cpu_thread(self.device):
                     x = torch.addcmul(jit[:, 1], x.float(), jit[:, 0])
             yield x.to(self.dtype), d.to(self.device, non_blocking=True)
