@@ -150,3 +150,21 @@ def test_batch_params_equal_single_and_are_well_spread():
     assert np.abs(p["flip"].mean(axis=0) - 0.5).max() < 0.04
     assert 0.9 <= p["scale"].min() and p["scale"].max() <= 1.1 and np.abs(p["shift"]).max() <= 0.05
     assert p["scale"].std() > 0.05  # spread over the range, not constant
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_torch_loader_on_cuda_matches_cpu(dataset):
+    """GPU twin of test_torch_loader_batches_match_reference: pinned host batches, jitter on the GPU."""
+    alloc = make_allocation({"ct": 0.6, "mri": 0.4}, 23)
+    out = {}
+    for dev in ("cpu", "cuda"):
+        s = MixtureSampler(alloc, dataset, seed=5)
+        ld = build_loader(
+            dataset, s, crop=CROP, batch_size=4, backend="torch", device=dev, dtype=torch.bfloat16
+        )
+        out[dev] = list(ld)
+    for (x, d), (y, e) in zip(out["cuda"], out["cpu"]):
+        assert x.is_cuda and d.is_cuda and x.dtype == torch.bfloat16
+        assert torch.equal(d.cpu(), e)
+        torch.testing.assert_close(x.cpu().float(), y.float(), rtol=1e-2, atol=1e-2)
