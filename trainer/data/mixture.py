@@ -122,7 +122,9 @@ class MixtureSampler:
         self.volumes = {d: manifest.select(domain=d, split=split) for d in self.domains}
         self._schedule = low_discrepancy_schedule([allocation.samples[d] for d in self.domains])
         # Occurrence number of each position within its domain: the k of "k-th sample of domain d".
-        self._occurrence = np.empty(len(self._schedule), dtype=np.int64)
+        self._occurrence = np.empty(
+            len(self._schedule), dtype=np.int32 if len(self._schedule) < 2**31 else np.int64
+        )
         for i in range(len(self.domains)):
             where = np.flatnonzero(self._schedule == i)
             self._occurrence[where] = np.arange(len(where))
