@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 import warnings
@@ -71,6 +72,10 @@ class Trainer:
         cfg = self.cfg
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
+        elif "OMP_NUM_THREADS" not in os.environ:
+            # CPU ranks share the cores: more threads than cores makes OpenMP spin-wait (10x slower steps
+            # seen on 2 cores with 2 ranks x 2 threads). DeepSpeed's launcher sets LOCAL_SIZE.
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_SIZE", "1"))))
         deepspeed.init_distributed(dist_backend="nccl" if self.device.type == "cuda" else "gloo")
         torch.manual_seed(cfg.train.seed)  # identical init on every rank (DeepSpeed also broadcasts)
         np.random.seed(cfg.train.seed + self.rank)

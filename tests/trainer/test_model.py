@@ -11,6 +11,16 @@ from torch.utils.flop_counter import FlopCounterMode
 from trainer.config import ModelConfig
 from trainer.model import MAE3D, export_encoder, load_monai_vit, sincos_pos_embed_3d, train_flops_per_sample
 
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small models: one thread is as fast, and immune to OpenMP spin-waits on a busy shared machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 SMALL = dict(
     size="tiny", crop=24, patch=8, width=48, depth=2, heads=2, dec_width=32, dec_depth=1, dec_heads=2
 )
