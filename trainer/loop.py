@@ -163,6 +163,8 @@ class Trainer:
                 raise ValueError(
                     f"{self.out / RUNLOG} exists: pass --resume to continue that run, or choose another --out"
                 )
+            if self.cfg.train.tensorboard:
+                self._tensorboard_class()  # on every rank: a missing package stops all ranks alike
             self.setup()
             if self.rank == 0:
                 self.writer = RunLogWriter(self.out / RUNLOG)
@@ -329,17 +331,20 @@ class Trainer:
         self.log(f"done: {step} steps, {self.out}")
         return step
 
-    def _tensorboard(self):
-        """A SummaryWriter under <out>/tb on rank 0 when train.tensorboard is set (optional dependency)."""
-        if not self.cfg.train.tensorboard or self.rank != 0:
-            return None
+    def _tensorboard_class(self):
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             raise ValueError(
                 "config field 'train.tensorboard' = True needs the tensorboard package"
             ) from None
-        return SummaryWriter(str(self.out / "tb"))
+        return SummaryWriter
+
+    def _tensorboard(self):
+        """A SummaryWriter under <out>/tb on rank 0 when train.tensorboard is set (optional dependency)."""
+        if not self.cfg.train.tensorboard or self.rank != 0:
+            return None
+        return self._tensorboard_class()(str(self.out / "tb"))
 
     def _export(self) -> None:
         """encoder.pt in MONAI ViT layout (rank 0); under ZeRO-3 all ranks gather the parameters first."""

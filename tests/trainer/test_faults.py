@@ -97,3 +97,16 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
         out / "checkpoints" / latest["tag"] / "mp_rank_00_model_states.pt", weights_only=False
     )
     assert all(torch.isfinite(v).all() for v in states["module"].values() if v.is_floating_point())
+
+
+def test_tensorboard_is_optional_and_named_when_missing(dataset, tmp_path):
+    import importlib.util
+
+    manifest, alloc = dataset
+    out = tmp_path / "tb"
+    p = run_trainer(["--config", "configs/tiny.yaml", "--manifest", str(manifest), "--allocation", str(alloc),
+                     "--out", str(out), "--budget-samples", "16", "--set", "train.tensorboard=true"], check=False)  # fmt: skip
+    if importlib.util.find_spec("tensorboard") is None:
+        assert p.returncode == 1 and "'train.tensorboard'" in p.stderr and "tensorboard package" in p.stderr
+    else:
+        assert p.returncode == 0 and list((out / "tb").glob("events.out.tfevents.*")), p.stderr[-2000:]
