@@ -33,7 +33,9 @@ class Budget:
         if self.samples is not None and not self.samples > 0:
             raise LawfitError(f"--budget-samples must be a positive integer, got {self.samples}")
         if self.seconds is not None and not (np.isfinite(self.seconds) and self.seconds > 0):
-            raise LawfitError(f"--budget-hours must be positive, got {self.seconds / 3600 if self.seconds else self.seconds}")
+            raise LawfitError(
+                f"--budget-hours must be positive, got {self.seconds / 3600 if self.seconds else self.seconds}"
+            )
 
 
 @dataclass
@@ -53,8 +55,14 @@ class Problem:
         return float(self.w @ L), (self.w @ G) * self.B / self.c
 
 
-def build_problem(laws: Laws, budget: Budget, *, weights: dict[str, float] | None = None,
-                  max_epochs: float | None = None, min_share: float = 0.0) -> Problem:
+def build_problem(
+    laws: Laws,
+    budget: Budget,
+    *,
+    weights: dict[str, float] | None = None,
+    max_epochs: float | None = None,
+    min_share: float = 0.0,
+) -> Problem:
     doms = laws.domains
     m = len(doms)
     if budget.samples is not None:
@@ -62,8 +70,10 @@ def build_problem(laws: Laws, budget: Budget, *, weights: dict[str, float] | Non
     else:
         missing = [d for d in doms if d not in laws.seconds_per_sample]
         if missing:
-            raise LawfitError(f"--budget-hours needs each domain's measured seconds per sample; the runs had no "
-                              f"throughput for {missing} (use --budget-samples, or log throughput events)")
+            raise LawfitError(
+                f"--budget-hours needs each domain's measured seconds per sample; the runs had no "
+                f"throughput for {missing} (use --budget-samples, or log throughput events)"
+            )
         c, B = np.array([laws.seconds_per_sample[d] for d in doms]), float(budget.seconds)
     w = np.ones(m)
     for d, v in (weights or {}).items():
@@ -87,14 +97,18 @@ def build_problem(laws: Laws, budget: Budget, *, weights: dict[str, float] | Non
                 hi[j] = min(1.0, u * max_epochs * c[j] / B)
     bad = [d for j, d in enumerate(doms) if hi[j] < lo[j]]
     if bad:
-        raise LawfitError(f"infeasible: the cap (unique data x --max-epochs) of {bad} is below the floor "
-                          f"--min-share {min_share}")
+        raise LawfitError(
+            f"infeasible: the cap (unique data x --max-epochs) of {bad} is below the floor "
+            f"--min-share {min_share}"
+        )
     if lo.sum() > 1 + 1e-12:
         raise LawfitError(f"infeasible: --min-share {min_share} x {m} domains exceeds the whole budget")
     if hi.sum() < 1 - 1e-9:
         caps = {d: int(laws.unique_samples.get(d, 0) * max_epochs) for d in doms}
-        raise LawfitError(f"infeasible: the budget exceeds all domains' caps together (unique data x "
-                          f"--max-epochs {max_epochs}: {caps}); lower the budget or raise --max-epochs")
+        raise LawfitError(
+            f"infeasible: the budget exceeds all domains' caps together (unique data x "
+            f"--max-epochs {max_epochs}: {caps}); lower the budget or raise --max-epochs"
+        )
     return Problem(laws, c, B, lo, hi, w)
 
 
@@ -133,8 +147,15 @@ def solve(p: Problem, *, n_random: int = 16, seed: int = 0, targets: dict[str, T
     best = None
     starts = _starts(p, n_random, seed)
     for x0 in starts:
-        r = minimize(fun, x0, jac=True, method="SLSQP", bounds=list(zip(p.lo, p.hi)), constraints=cons,
-                     options={"maxiter": 500, "ftol": 1e-15})
+        r = minimize(
+            fun,
+            x0,
+            jac=True,
+            method="SLSQP",
+            bounds=list(zip(p.lo, p.hi)),
+            constraints=cons,
+            options={"maxiter": 500, "ftol": 1e-15},
+        )
         x = _project(r.x, p.lo, p.hi)
         v = fun(x)[0]
         if best is None or v < best[1] - 1e-15:
@@ -152,13 +173,21 @@ def kkt(p: Problem, x: np.ndarray, targets=None, tol: float = 1e-6) -> dict:
     lam = float(np.median(g[free])) if free.any() else float(np.median(g))
     viol = np.zeros_like(g)
     viol[free] = np.abs(g[free] - lam)
-    viol[at_lo & ~at_hi] = np.maximum(0.0, lam - g[at_lo & ~at_hi])  # a floor share must not be cheaper to grow
+    viol[at_lo & ~at_hi] = np.maximum(
+        0.0, lam - g[at_lo & ~at_hi]
+    )  # a floor share must not be cheaper to grow
     viol[at_hi & ~at_lo] = np.maximum(0.0, g[at_hi & ~at_lo] - lam)
     scale = max(abs(lam), float(np.abs(g).max()), 1e-300)
-    return {"lambda": lam, "max_violation": float(viol.max()), "relative_violation": float(viol.max() / scale),
-            "satisfied": bool(viol.max() / scale < 1e-4),
-            "active": {d: ("floor" if lo_ else "cap" if hi_ else "free")
-                       for d, lo_, hi_ in zip(p.laws.domains, at_lo, at_hi)}}
+    return {
+        "lambda": lam,
+        "max_violation": float(viol.max()),
+        "relative_violation": float(viol.max() / scale),
+        "satisfied": bool(viol.max() / scale < 1e-4),
+        "active": {
+            d: ("floor" if lo_ else "cap" if hi_ else "free")
+            for d, lo_, hi_ in zip(p.laws.domains, at_lo, at_hi)
+        },
+    }
 
 
 def integer_samples(p: Problem, x: np.ndarray, total: int | None) -> np.ndarray:
@@ -176,8 +205,13 @@ def integer_samples(p: Problem, x: np.ndarray, total: int | None) -> np.ndarray:
 def _entry(p: Problem, samples: np.ndarray, targets=None) -> dict:
     total = max(int(samples.sum()), 1)
     L = p.laws.predict(samples.astype(np.float64)[None], targets)[0]
-    return {"domains": {d: {"weight": float(n / total), "samples": int(n)} for d, n in zip(p.laws.domains, samples)},
-            "predicted_loss": {d: float(v) for d, v in zip(p.laws.domains, L)}, "objective": float(p.w @ L)}
+    return {
+        "domains": {
+            d: {"weight": float(n / total), "samples": int(n)} for d, n in zip(p.laws.domains, samples)
+        },
+        "predicted_loss": {d: float(v) for d, v in zip(p.laws.domains, L)},
+        "objective": float(p.w @ L),
+    }
 
 
 def _fixed_shares(p: Problem, sample_shares: np.ndarray, total: int | None) -> np.ndarray:
@@ -187,8 +221,15 @@ def _fixed_shares(p: Problem, sample_shares: np.ndarray, total: int | None) -> n
     return integer_samples(p, x, total)
 
 
-def allocate(laws: Laws, budget: Budget, *, weights: dict[str, float] | None = None,
-             max_epochs: float | None = None, min_share: float = 0.0, seed: int = 0) -> dict:
+def allocate(
+    laws: Laws,
+    budget: Budget,
+    *,
+    weights: dict[str, float] | None = None,
+    max_epochs: float | None = None,
+    min_share: float = 0.0,
+    seed: int = 0,
+) -> dict:
     p = build_problem(laws, budget, weights=weights, max_epochs=max_epochs, min_share=min_share)
     doms = laws.domains
     x, value, kkt_report, n_starts = solve(p, seed=seed)
@@ -199,18 +240,29 @@ def allocate(laws: Laws, budget: Budget, *, weights: dict[str, float] | None = N
         raise LawfitError("the budget buys no whole sample; raise the budget")
     E = np.array([laws.targets[d].E for d in doms])
     floor = float(p.w @ E)
-    out = {"format": FORMAT,
-           "budget": {"samples": n_total} if budget.samples is not None
-           else {"seconds": float(budget.seconds), "samples": n_total},
-           **_entry(p, samples)}
-    out["objective"] = {"value": out.pop("objective"), "reducible": None,
-                        "weights": {d: float(v) for d, v in zip(doms, p.w)},
-                        "definition": "sum_i weight_i * predicted held-out loss_i; reducible = minus sum_i weight_i*E_i",
-                        "solver": f"SLSQP from {n_starts} starts over budget shares", "kkt": kkt_report}
+    out = {
+        "format": FORMAT,
+        "budget": {"samples": n_total}
+        if budget.samples is not None
+        else {"seconds": float(budget.seconds), "samples": n_total},
+        **_entry(p, samples),
+    }
+    out["objective"] = {
+        "value": out.pop("objective"),
+        "reducible": None,
+        "weights": {d: float(v) for d, v in zip(doms, p.w)},
+        "definition": "sum_i weight_i * predicted held-out loss_i; reducible = minus sum_i weight_i*E_i",
+        "solver": f"SLSQP from {n_starts} starts over budget shares",
+        "kkt": kkt_report,
+    }
     out["objective"]["reducible"] = out["objective"]["value"] - floor
-    out["constraints"] = {"max_epochs": max_epochs, "min_share": min_share,
-                          "caps_samples": {d: (None if p.hi[j] >= 1 else int(p.hi[j] * p.B / p.c[j]))
-                                           for j, d in enumerate(doms)}}
+    out["constraints"] = {
+        "max_epochs": max_epochs,
+        "min_share": min_share,
+        "caps_samples": {
+            d: (None if p.hi[j] >= 1 else int(p.hi[j] * p.B / p.c[j])) for j, d in enumerate(doms)
+        },
+    }
     for d, n in zip(doms, samples):
         u = laws.unique_samples.get(d)
         if u:
@@ -222,7 +274,8 @@ def allocate(laws: Laws, budget: Budget, *, weights: dict[str, float] | None = N
         base["proportional"] = _fixed_shares(p, U, total)
     base["uniform"] = _fixed_shares(p, np.ones(len(doms)), total)
     nt = laws.alternatives.get("no_transfer") or {
-        d: TargetLaw(d, t.E, t.A, t.alpha, {}, t.r_star) for d, t in laws.targets.items()}
+        d: TargetLaw(d, t.E, t.A, t.alpha, {}, t.r_star) for d, t in laws.targets.items()
+    }
     x_nt, *_ = solve(p, seed=seed, targets=nt)
     base["no_transfer_optimal"] = integer_samples(p, x_nt, total)
     boots = laws.bootstrap_targets()
@@ -230,9 +283,12 @@ def allocate(laws: Laws, budget: Budget, *, weights: dict[str, float] | None = N
     for name, s in base.items():
         e = _entry(p, s)
         fb, fa = e["objective"], out["objective"]["value"]
-        e["improvement"] = {"raw": (fb - fa) / fb, "reducible": (fb - fa) / max(fb - floor, 1e-300),
-                            "definition": "(baseline - allocation) / baseline, on the weighted loss and on the "
-                                          "weighted reducible loss (L - E)"}
+        e["improvement"] = {
+            "raw": (fb - fa) / fb,
+            "reducible": (fb - fa) / max(fb - floor, 1e-300),
+            "definition": "(baseline - allocation) / baseline, on the weighted loss and on the "
+            "weighted reducible loss (L - E)",
+        }
         if boots:
             rel = []
             for t in boots:
@@ -240,12 +296,16 @@ def allocate(laws: Laws, budget: Budget, *, weights: dict[str, float] | None = N
                 la = p.w @ laws.predict(samples.astype(float)[None], t)[0]
                 rel.append((lb - la) / lb)
             lvl = laws.uncertainty.get("level", 0.9)
-            e["improvement"]["raw_interval"] = [float(np.quantile(rel, (1 - lvl) / 2)),
-                                                float(np.quantile(rel, 1 - (1 - lvl) / 2))]
+            e["improvement"]["raw_interval"] = [
+                float(np.quantile(rel, (1 - lvl) / 2)),
+                float(np.quantile(rel, 1 - (1 - lvl) / 2)),
+            ]
         out["baselines"][name] = e
     if boots:
         iv = laws.predict_interval(samples.astype(float)[None])
-        out["predicted_loss_interval"] = {d: [float(iv[0][0, j]), float(iv[1][0, j])] for j, d in enumerate(doms)}
+        out["predicted_loss_interval"] = {
+            d: [float(iv[0][0, j]), float(iv[1][0, j])] for j, d in enumerate(doms)
+        }
     at = base["proportional"] if "proportional" in base else base["uniform"]
     out["hubs"] = hub_analysis(laws, at.astype(float), budget_samples=n_total)
     out["laws"] = {"form": laws.form, "domains": doms}

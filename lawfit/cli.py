@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import warnings
-from pathlib import Path
 
 from .errors import LawfitError
 
@@ -27,8 +25,13 @@ def _pairs(items: list[str] | None, opt: str, conv=float) -> dict:
 def _fit_config(a):
     from .fit import FitConfig
 
-    return FitConfig(bootstrap=getattr(a, "bootstrap", 0), seed=a.seed, workers=a.workers,
-                     forms=tuple(a.forms) if a.forms else None, progress=not a.quiet)
+    return FitConfig(
+        bootstrap=getattr(a, "bootstrap", 0),
+        seed=a.seed,
+        workers=a.workers,
+        forms=tuple(a.forms) if a.forms else None,
+        progress=not a.quiet,
+    )
 
 
 def _dataset(a):
@@ -61,22 +64,35 @@ def cmd_allocate(a) -> int:
 
     if a.budget_samples is not None and a.budget_hours is not None:
         raise LawfitError("give one budget: --budget-samples or --budget-hours, not both")
-    budget = Budget(samples=a.budget_samples,
-                    seconds=None if a.budget_hours is None else a.budget_hours * 3600.0)
+    budget = Budget(
+        samples=a.budget_samples, seconds=None if a.budget_hours is None else a.budget_hours * 3600.0
+    )
     laws = Laws.load(a.laws)
-    alloc = allocate(laws, budget, weights=_pairs(a.weights, "--weights"), max_epochs=a.max_epochs,
-                     min_share=a.min_share, seed=a.seed)
+    alloc = allocate(
+        laws,
+        budget,
+        weights=_pairs(a.weights, "--weights"),
+        max_epochs=a.max_epochs,
+        min_share=a.min_share,
+        seed=a.seed,
+    )
     atomic_write_json(a.output, alloc)
     print(f"wrote {a.output}: {alloc['budget']['samples']} samples")
     for d, e in alloc["domains"].items():
-        print(f"  {d:<20} share {e['weight']:.4f}  samples {e['samples']:>10}  "
-              f"predicted loss {alloc['predicted_loss'][d]:.4f}  hub class {alloc['hubs']['class'][d]}")
+        print(
+            f"  {d:<20} share {e['weight']:.4f}  samples {e['samples']:>10}  "
+            f"predicted loss {alloc['predicted_loss'][d]:.4f}  hub class {alloc['hubs']['class'][d]}"
+        )
     for name, b in alloc["baselines"].items():
         im = b["improvement"]
-        print(f"  vs {name:<20} improvement {100 * im['raw']:+.2f}% raw, {100 * im['reducible']:+.2f}% reducible")
+        print(
+            f"  vs {name:<20} improvement {100 * im['raw']:+.2f}% raw, {100 * im['reducible']:+.2f}% reducible"
+        )
     k = alloc["objective"]["kkt"]
-    print(f"  optimality (KKT) {'satisfied' if k['satisfied'] else 'NOT satisfied'}: "
-          f"relative violation {k['relative_violation']:.1e}")
+    print(
+        f"  optimality (KKT) {'satisfied' if k['satisfied'] else 'NOT satisfied'}: "
+        f"relative violation {k['relative_violation']:.1e}"
+    )
     return 0
 
 
@@ -95,13 +111,25 @@ def cmd_plan(a) -> int:
     from .io import atomic_write_json
     from .plan import make_plan
 
-    plan = make_plan(a.domains, _pairs(a.unique, "--unique", int), a.target_budget, a.pilot_fraction,
-                     n_mixtures=a.mixtures, n_evals=a.evals, seed=a.seed, max_epochs=a.max_epochs)
+    plan = make_plan(
+        a.domains,
+        _pairs(a.unique, "--unique", int),
+        a.target_budget,
+        a.pilot_fraction,
+        n_mixtures=a.mixtures,
+        n_evals=a.evals,
+        seed=a.seed,
+        max_epochs=a.max_epochs,
+    )
     atomic_write_json(a.output, plan)
-    print(f"wrote {a.output}: {len(plan['runs'])} runs, {plan['pilot_samples']} pilot samples "
-          f"({100 * plan['pilot_samples'] / plan['target_budget']:.1f}% of the target budget)")
+    print(
+        f"wrote {a.output}: {len(plan['runs'])} runs, {plan['pilot_samples']} pilot samples "
+        f"({100 * plan['pilot_samples'] / plan['target_budget']:.1f}% of the target budget)"
+    )
     for r in plan["runs"]:
-        print(f"  {r['run_id']:<24} {r['role']:<9} {r['budget_samples']:>9} samples, {len(r['eval_at'])} evals")
+        print(
+            f"  {r['run_id']:<24} {r['role']:<9} {r['budget_samples']:>9} samples, {len(r['eval_at'])} evals"
+        )
     for w in plan["warnings"]:
         print(f"lawfit: warning: {w}", file=sys.stderr)
     return 0
@@ -129,8 +157,9 @@ def cmd_simulate(a) -> int:
     if a.plan:
         plan = read_json(a.plan)
     else:
-        plan = default_design(laws, budget_per_run=a.budget_per_run, n_mixtures=a.mixtures, n_evals=a.evals,
-                              seed=a.seed)
+        plan = default_design(
+            laws, budget_per_run=a.budget_per_run, n_mixtures=a.mixtures, n_evals=a.evals, seed=a.seed
+        )
     paths = simulate_runs(laws, plan, a.output, noise=a.noise, seed=a.seed, overwrite=a.overwrite)
     print(f"wrote {len(paths)} simulated runs to {a.output}")
     return 0
@@ -141,7 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
 
     def fit_opts(s):
-        s.add_argument("runs", nargs="+", help="run directories, runlog.jsonl files, globs, or parent folders")
+        s.add_argument(
+            "runs", nargs="+", help="run directories, runlog.jsonl files, globs, or parent folders"
+        )
         s.add_argument("--domains", nargs="+", help="domains to model (default: all in the runs)")
         s.add_argument("--forms", nargs="+", help="candidate law forms (default: chosen from the data)")
         s.add_argument("--workers", type=int, default=0, help="processes (default: one per core)")
@@ -159,7 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--budget-samples", type=int)
     s.add_argument("--budget-hours", type=float, help="uses each domain's measured seconds per sample")
     s.add_argument("--weights", nargs="+", metavar="D=W", help="objective weight per domain (default 1)")
-    s.add_argument("--max-epochs", type=float, help="cap: at most this many passes over a domain's unique data")
+    s.add_argument(
+        "--max-epochs", type=float, help="cap: at most this many passes over a domain's unique data"
+    )
     s.add_argument("--min-share", type=float, default=0.0, help="floor: each domain gets this share at least")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("-o", "--output", required=True, help="allocation.json to write")

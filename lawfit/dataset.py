@@ -28,8 +28,17 @@ class Dataset:
         return len(self.run_ids)
 
     def subset(self, rows: np.ndarray) -> Dataset:
-        return Dataset(self.domains, self.run_ids, self.D[rows], self.U[rows], self.y[rows], self.run[rows],
-                       self.seconds_per_sample, self.unique_samples, self.warnings)
+        return Dataset(
+            self.domains,
+            self.run_ids,
+            self.D[rows],
+            self.U[rows],
+            self.y[rows],
+            self.run[rows],
+            self.seconds_per_sample,
+            self.unique_samples,
+            self.warnings,
+        )
 
     def resample_runs(self, rng: np.random.Generator) -> Dataset:
         """Bootstrap over runs: draw runs with replacement, keep all points of each drawn run."""
@@ -102,7 +111,14 @@ def build_dataset(runs: list[RunLog], domains: list[str] | None = None) -> Datas
     for c, d in enumerate(domains):
         if not np.isfinite(Y[:, c]).any():
             raise LawfitError(f"domain '{d}' is never evaluated in the runs given")
-    return Dataset(domains=list(domains), run_ids=[r.run_id for r in runs], D=np.asarray(D), U=np.asarray(U),
-                   y=Y, run=np.asarray(R), warnings=warns,
-                   seconds_per_sample={d: float(np.median(v)) for d, v in costs.items()},
-                   unique_samples={d: float(max(v)) for d, v in uniq.items()})
+    return Dataset(
+        domains=list(domains),
+        run_ids=[r.run_id for r in runs],
+        D=np.asarray(D),
+        U=np.asarray(U),
+        y=Y,
+        run=np.asarray(R),
+        warnings=warns,
+        seconds_per_sample={d: float(np.median(v)) for d, v in costs.items()},
+        unique_samples={d: float(max(v)) for d, v in uniq.items()},
+    )

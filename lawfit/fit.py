@@ -56,7 +56,8 @@ class FitConfig:
 class TargetFit:
     target: str
     form: str
-    theta: np.ndarray
+    theta: np.ndarray  # in the coordinates of `ref` (see LawForm)
+    ref: float
     law: TargetLaw
     objective: float
     rmse_log: float
@@ -80,9 +81,9 @@ def _problem(ds: Dataset, i: int, rows: np.ndarray | None = None):
     return (ds.D[pts, i], ds.D[pts][:, others], ds.U[pts, i], ds.U[pts][:, others], np.log(ds.y[pts, i]))
 
 
-def _objective(theta, form: LawForm, prob, delta: float, d0: float):
+def _objective(theta, form: LawForm, prob, delta: float, d0: float, ref: float):
     D_own, D_oth, U_own, U_oth, logy = prob
-    logL, J = form.evaluate(theta, D_own, D_oth, U_own, U_oth, d0)
+    logL, J = form.evaluate(theta, D_own, D_oth, U_own, U_oth, d0, ref=ref)
     r = logL - logy
     a = np.abs(r)
     quad = a <= delta
@@ -90,62 +91,110 @@ def _objective(theta, form: LawForm, prob, delta: float, d0: float):
     h = np.where(quad, 0.5 * r * r / delta, a - 0.5 * delta)
     psi = np.where(quad, r / delta, np.sign(r))
     n = len(r)
-    return float(h.sum() / n), J.T @ psi / n
+    val, grad = float(h.sum() / n), J.T @ psi / n
+    if form.transfer:
+        # gamma_j is not identified where kappa_j ~ 0 (an island pair): a weak ridge towards 1 removes that
+        # flat direction, which otherwise costs L-BFGS-B thousands of steps; it is far below the data's
+        # curvature wherever the transfer is real.
+        m = (len(theta) - 3 - form.repetition) // 2
+        g = theta[3 + m : 3 + 2 * m]
+        val += GAMMA_RIDGE * float(((g - 1.0) ** 2).sum())
+        grad = grad.copy()
+        grad[3 + m : 3 + 2 * m] += 2 * GAMMA_RIDGE * (g - 1.0)
+    return val, grad
 
 
-def _grid_starts(form: LawForm, prob, others: list[str], d0: float) -> list[np.ndarray]:
-    """A grid over E, alpha (and k), with A chosen in closed form so that each start fits the data's level."""
+def reference_scale(prob, d0: float) -> float:
+    """Geometric mean of the samples seen at the target's points: the centre of the fit's coordinates."""
+    tot = d0 + prob[0] + prob[1].sum(axis=1)
+    return float(np.exp(np.mean(np.log(tot))))
+
+
+def _grid_starts(form: LawForm, prob, others: list[str], d0: float, ref: float) -> list[np.ndarray]:
+    """A grid over E, alpha (and kappa), with G in closed form so that each start fits the data's level."""
     D_own, D_oth, _, _, logy = prob
     y = np.exp(logy)
     y_min = float(y.min())
     m = len(others)
-    ks = (0.02, 0.5) if form.transfer and m else (0.0,)
+    kaps = (0.01, 0.1, 0.5) if form.transfer and m else (0.0,)
     starts = []
-    for e_frac, alpha, k in product((0.3, 0.7, 0.95), (0.1, 0.3, 0.6), ks):
+    for e_frac, alpha, kap in product((0.3, 0.5, 0.7, 0.9, 0.97), (0.1, 0.2, 0.35, 0.6, 0.9), kaps):
         E = e_frac * y_min
-        S = d0 + D_own + (k * D_oth.sum(axis=1) if form.transfer and m else 0.0)
-        logA = float(np.median(np.log(y - E) + alpha * np.log(S)))
-        th = [np.log(E), logA, alpha]
+        S = d0 + D_own + (kap * D_oth.sum(axis=1) if form.transfer and m else 0.0)
+        logG = float(np.median(np.log(y - E) + alpha * np.log(S / ref)))
+        th = [np.log(E), logG, alpha]
         if form.transfer:
-            th += [k] * m + [1.0] * m
+            th += [kap] * m + [1.0] * m
         if form.repetition:
             th.append(np.log(5.0))
         starts.append(np.asarray(th, dtype=np.float64))
     return starts
 
 
-def fit_target(form: LawForm, ds: Dataset, i: int, cfg: FitConfig, *, rows: np.ndarray | None = None,
-               init: list[np.ndarray] | None = None) -> TargetFit:
+GAMMA_RIDGE = 1e-5
+SMOOTH_DELTA = 1.0  # residuals in log loss are far below 1: the surrogate is least squares
+N_HUBER = 2  # least-squares solutions refined on the Huber objective
+N_REFINE = 4  # grid starts taken to convergence (the best by initial objective)
+
+
+def fit_target(
+    form: LawForm,
+    ds: Dataset,
+    i: int,
+    cfg: FitConfig,
+    *,
+    rows: np.ndarray | None = None,
+    init: list[np.ndarray] | None = None,
+    ref: float | None = None,
+) -> TargetFit:
+    """Fit one target. `init` are starts in the coordinates of `ref` (both from an earlier fit)."""
     target = ds.domains[i]
     others = [d for d in ds.domains if d != target]
     prob = _problem(ds, i, rows)
     n = len(prob[-1])
     if n < 3:
         raise LawfitError(f"target '{target}': only {n} evaluation points; need at least 3 to fit")
+    ref = reference_scale(prob, cfg.d0) if ref is None else ref
     y_min = float(np.exp(prob[-1].min()))
     bounds = form.bounds(others, y_min)
     lo = np.array([b[0] for b in bounds])
     hi = np.array([b[1] for b in bounds])
-    starts = init if init is not None else _grid_starts(form, prob, others, cfg.d0)
-    args = (form, prob, cfg.huber_delta, cfg.d0)
-
-    def run(th, maxiter):
-        th = np.clip(th, lo, hi)
-        return minimize(_objective, th, args=args, jac=True, method="L-BFGS-B", bounds=bounds,
-                        options={"maxiter": maxiter, "ftol": 1e-13, "gtol": 1e-10})
-
-    if len(starts) > 3:
-        # Cheap screening of every start, then the best few to convergence.
-        short = sorted((run(s, 40) for s in starts), key=lambda r: r.fun)
-        results = [run(r.x, 3000) for r in short[:3]]
-    else:
-        results = [run(s, 3000) for s in starts]
+    args = (form, prob, cfg.huber_delta, cfg.d0, ref)
+    starts = init if init is not None else _grid_starts(form, prob, others, cfg.d0, ref)
+    starts = [np.clip(s, lo, hi) for s in starts]
+    if len(starts) > N_REFINE:
+        # Screening by the objective at the start is nearly free; the best few go to convergence.
+        starts = sorted(starts, key=lambda s: _objective(s, *args)[0])[:N_REFINE]
+    opts = {"maxiter": 5000, "ftol": 1e-12, "gtol": 1e-9}
+    if init is None:
+        # Cold starts first minimize the smooth least-squares surrogate (Huber with a wide delta): on the
+        # Huber objective's kinks L-BFGS-B needs thousands of steps from far away, on a smooth one a few
+        # hundred; the Huber refinement below then starts next to its optimum.
+        smooth = (form, prob, max(cfg.huber_delta, SMOOTH_DELTA), cfg.d0, ref)
+        pre = [
+            minimize(_objective, s, args=smooth, jac=True, method="L-BFGS-B", bounds=bounds, options=opts)
+            for s in starts
+        ]
+        starts = [r.x for r in sorted(pre, key=lambda r: r.fun)[:N_HUBER]]
+    results = [
+        minimize(_objective, s, args=args, jac=True, method="L-BFGS-B", bounds=bounds, options=opts)
+        for s in starts
+    ]
     best = min(results, key=lambda r: r.fun)
-    logL, _ = form.evaluate(best.x, *prob[:4], cfg.d0, jac=False)
+    logL, _ = form.evaluate(best.x, *prob[:4], cfg.d0, jac=False, ref=ref)
     rmse = float(np.sqrt(np.mean((logL - prob[-1]) ** 2)))
-    return TargetFit(target=target, form=form.name, theta=best.x, law=form.unpack(best.x, target, others),
-                     objective=float(best.fun), rmse_log=rmse, n_points=n, converged=bool(best.success),
-                     starts=len(starts))
+    return TargetFit(
+        target=target,
+        form=form.name,
+        theta=best.x,
+        ref=ref,
+        law=form.unpack(best.x, target, others, ref),
+        objective=float(best.fun),
+        rmse_log=rmse,
+        n_points=n,
+        converged=bool(best.success),
+        starts=len(init) if init else len(_grid_starts(form, prob, others, cfg.d0, ref)),
+    )
 
 
 # ---- parallel driver ----------------------------------------------------------------------------------
@@ -163,8 +212,14 @@ def _pool(cfg: FitConfig, n_jobs: int):
 def _progress(total: int, desc: str, cfg: FitConfig):
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, file=sys.stderr, disable=not cfg.progress or total <= 1,
-                leave=False, dynamic_ncols=True)
+    return tqdm(
+        total=total,
+        desc=desc,
+        file=sys.stderr,
+        disable=not cfg.progress or total <= 1,
+        leave=False,
+        dynamic_ncols=True,
+    )
 
 
 def _map(fn, jobs: list, cfg: FitConfig, desc: str) -> list:
@@ -184,8 +239,8 @@ def _map(fn, jobs: list, cfg: FitConfig, desc: str) -> list:
     return out
 
 
-def _job_target(form_name, ds, i, cfg, rows=None, init=None):
-    return fit_target(FORMS[form_name], ds, i, cfg, rows=rows, init=init)
+def _job_target(form_name, ds, i, cfg, rows=None, init=None, ref=None):
+    return fit_target(FORMS[form_name], ds, i, cfg, rows=rows, init=init, ref=ref)
 
 
 def candidate_forms(ds: Dataset, cfg: FitConfig) -> tuple[list[str], list[str]]:
@@ -196,8 +251,10 @@ def candidate_forms(ds: Dataset, cfg: FitConfig) -> tuple[list[str], list[str]]:
     if np.any(ds.D > ds.U):
         forms.append("transfer_repetition")
     else:
-        notes.append("no run saw more samples of a domain than its unique data: the repetition form is not "
-                     "identifiable and was not fitted")
+        notes.append(
+            "no run saw more samples of a domain than its unique data: the repetition form is not "
+            "identifiable and was not fitted"
+        )
     return forms, notes
 
 
@@ -224,7 +281,7 @@ def cross_validate(ds: Dataset, fits: dict[str, FormFit], cfg: FitConfig) -> lis
         for a, held in enumerate(folds):
             train = np.flatnonzero(~np.isin(ds.run, held))
             for i, d in enumerate(ds.domains):
-                jobs.append((f, ds, i, cfg, train, [ff.targets[d].theta]))
+                jobs.append((f, ds, i, cfg, train, [ff.targets[d].theta], ff.targets[d].ref))
                 meta.append((f, a, i))
     res = _map(_job_target, jobs, cfg, "cross-validate")
     sq: dict[tuple[str, str], list[float]] = {}
@@ -233,7 +290,7 @@ def cross_validate(ds: Dataset, fits: dict[str, FormFit], cfg: FitConfig) -> lis
         D_own, D_oth, U_own, U_oth, logy = _problem(ds, i, test)
         if len(logy) == 0:
             continue
-        logL, _ = FORMS[f].evaluate(tf.theta, D_own, D_oth, U_own, U_oth, cfg.d0, jac=False)
+        logL, _ = FORMS[f].evaluate(tf.theta, D_own, D_oth, U_own, U_oth, cfg.d0, jac=False, ref=tf.ref)
         sq.setdefault((f, ds.domains[i]), []).extend(((logL - logy) ** 2).tolist())
     for f, ff in fits.items():
         allsq = [v for d in ds.domains for v in sq.get((f, d), [])]
@@ -242,22 +299,27 @@ def cross_validate(ds: Dataset, fits: dict[str, FormFit], cfg: FitConfig) -> lis
     return []
 
 
-def _job_boot(form_name, ds, cfg, b, thetas):
+def _job_boot(form_name, ds, cfg, b, thetas, refs):
     rng = np.random.default_rng([cfg.seed, 1 + b])
     sample = ds.resample_runs(rng)
+    form = FORMS[form_name]
     out = []
-    for i in range(len(ds.domains)):
+    for i, d in enumerate(ds.domains):
         if len(sample.target_points(i)) < 3:
             out.append(None)  # this resample lacks the target: no estimate from it
             continue
-        out.append(fit_target(FORMS[form_name], sample, i, cfg, init=[thetas[i]]).theta)
+        tf = fit_target(form, sample, i, cfg, init=[thetas[i]], ref=refs[i])
+        out.append(form.pack(tf.law, [o for o in ds.domains if o != d]))  # natural parameters (R = 1)
     return out
 
 
 def bootstrap(ds: Dataset, ff: FormFit, cfg: FitConfig) -> dict[str, np.ndarray]:
-    """Parameter vectors of the chosen form refitted on `cfg.bootstrap` resamples of the runs."""
+    """Natural parameter vectors of the chosen form refitted on `cfg.bootstrap` resamples of the runs."""
     if cfg.bootstrap == 0:
         return {}
     thetas = [ff.targets[d].theta for d in ds.domains]
-    res = _map(_job_boot, [(ff.form, ds, cfg, b, thetas) for b in range(cfg.bootstrap)], cfg, "bootstrap")
+    refs = [ff.targets[d].ref for d in ds.domains]
+    res = _map(
+        _job_boot, [(ff.form, ds, cfg, b, thetas, refs) for b in range(cfg.bootstrap)], cfg, "bootstrap"
+    )
     return {d: np.asarray([r[i] for r in res if r[i] is not None]) for i, d in enumerate(ds.domains)}

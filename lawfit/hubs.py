@@ -48,11 +48,13 @@ def hub_analysis(laws: Laws, D: np.ndarray, *, budget_samples: float | None = No
     return {
         "at_samples": {d: float(x) for d, x in zip(laws.domains, D)},
         "rule": f"hub: out-strength >= {HUB_OUT}; island: out- and in-strength < {ISLAND}; else intermediate. "
-                "T[i][j] = (dL_i/dD_j) / (dL_i/dD_i) at the proportional allocation of the budget.",
-        "exchange_rate": {di: {dj: float(T[i, j]) for j, dj in enumerate(laws.domains)}
-                          for i, di in enumerate(laws.domains)},
-        "marginal_benefit_per_percent": {di: {dj: float(M[i, j]) for j, dj in enumerate(laws.domains)}
-                                         for i, di in enumerate(laws.domains)},
+        "T[i][j] = (dL_i/dD_j) / (dL_i/dD_i) at the proportional allocation of the budget.",
+        "exchange_rate": {
+            di: {dj: float(T[i, j]) for j, dj in enumerate(laws.domains)} for i, di in enumerate(laws.domains)
+        },
+        "marginal_benefit_per_percent": {
+            di: {dj: float(M[i, j]) for j, dj in enumerate(laws.domains)} for i, di in enumerate(laws.domains)
+        },
         "out_strength": {d: float(x) for d, x in zip(laws.domains, out_s)},
         "in_strength": {d: float(x) for d, x in zip(laws.domains, in_s)},
         "class": {d: classify(o, n) for d, o, n in zip(laws.domains, out_s, in_s)},

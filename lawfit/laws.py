@@ -43,8 +43,12 @@ class TargetLaw:
     r_star: float | None = None  # repetition half-life in epochs; None: repeated data counts fully
 
     def to_json(self) -> dict:
-        out = {"E": self.E, "A": self.A, "alpha": self.alpha,
-               "transfer": {j: {"k": t.k, "gamma": t.gamma} for j, t in self.transfer.items()}}
+        out = {
+            "E": self.E,
+            "A": self.A,
+            "alpha": self.alpha,
+            "transfer": {j: {"k": t.k, "gamma": t.gamma} for j, t in self.transfer.items()},
+        }
         if self.r_star is not None:
             out["r_star"] = self.r_star
         return out
@@ -64,12 +68,18 @@ class TargetLaw:
         for j, t in (obj.get("transfer") or {}).items():
             if not isinstance(t, dict):
                 raise LawfitError(f"{where}: field '{base}.transfer.{j}': expected an object")
-            transfer[j] = TransferTerm(num(t, "k", 0.0, f"{base}.transfer.{j}"),
-                                       num(t, "gamma", 1e-9, f"{base}.transfer.{j}"))
+            transfer[j] = TransferTerm(
+                num(t, "k", 0.0, f"{base}.transfer.{j}"), num(t, "gamma", 1e-9, f"{base}.transfer.{j}")
+            )
         r_star = obj.get("r_star")
-        return cls(target=target, E=num(obj, "E", 0.0, base), A=num(obj, "A", 0.0, base),
-                   alpha=num(obj, "alpha", 1e-9, base), transfer=transfer,
-                   r_star=None if r_star is None else num(obj, "r_star", 1e-9, base))
+        return cls(
+            target=target,
+            E=num(obj, "E", 0.0, base),
+            A=num(obj, "A", 0.0, base),
+            alpha=num(obj, "alpha", 1e-9, base),
+            transfer=transfer,
+            r_star=None if r_star is None else num(obj, "r_star", 1e-9, base),
+        )
 
 
 def effective_data(D: np.ndarray, U: np.ndarray, r_star: float | None) -> tuple[np.ndarray, np.ndarray]:
@@ -97,82 +107,118 @@ class LawForm:
     description: str
 
     # ---- parameter layout ---------------------------------------------------------------------------
+    # The fit vector is reparametrized around a reference data scale R (geometric mean of the data) so
+    # that its coordinates are nearly uncorrelated: G = A * R^-alpha is the reducible loss at R, and
+    # kappa_j = k_j * R^(gamma_j - 1) is j's exchange rate at R (k f^gamma = kappa R (f/R)^gamma). With
+    # A and alpha fitted directly, a tiny change of alpha needs a huge compensating change of log A and
+    # L-BFGS-B crawls along that valley. R = 1 gives back the natural parameters (used for storage).
     def param_names(self, others: list[str]) -> list[str]:
-        names = ["log_E", "log_A", "alpha"]
+        names = ["log_E", "log_G", "alpha"]
         if self.transfer:
-            names += [f"k[{j}]" for j in others] + [f"gamma[{j}]" for j in others]
+            names += [f"kappa[{j}]" for j in others] + [f"gamma[{j}]" for j in others]
         if self.repetition:
             names.append("log_r_star")
         return names
 
     def bounds(self, others: list[str], y_min: float) -> list[tuple[float, float]]:
-        # E may sit slightly above the lowest observed loss only by noise; A spans many decades.
-        b = [(np.log(y_min * 1e-3), np.log(y_min * 1.05)), (-20.0, 40.0), (0.01, 2.0)]
+        # E may sit slightly above the lowest observed loss only by noise.
+        b = [(np.log(y_min * 1e-3), np.log(y_min * 1.05)), (-25.0, 25.0), (0.01, 2.0)]
         if self.transfer:
             b += [(0.0, 20.0)] * len(others) + [(0.1, 2.0)] * len(others)
         if self.repetition:
             b.append((np.log(0.1), np.log(1000.0)))
         return b
 
-    def pack(self, law: TargetLaw, others: list[str]) -> np.ndarray:
-        th = [np.log(max(law.E, 1e-300)), np.log(max(law.A, 1e-300)), law.alpha]
+    def pack(self, law: TargetLaw, others: list[str], ref: float = 1.0) -> np.ndarray:
+        th = [np.log(max(law.E, 1e-300)), np.log(max(law.A, 1e-300)) - law.alpha * np.log(ref), law.alpha]
         if self.transfer:
             tt = [law.transfer.get(j, TransferTerm(0.0, 1.0)) for j in others]
-            th += [t.k for t in tt] + [t.gamma for t in tt]
+            th += [t.k * ref ** (t.gamma - 1.0) for t in tt] + [t.gamma for t in tt]
         if self.repetition:
             th.append(np.log(law.r_star if law.r_star else 5.0))
         return np.asarray(th, dtype=np.float64)
 
-    def unpack(self, theta: np.ndarray, target: str, others: list[str]) -> TargetLaw:
+    def unpack(self, theta: np.ndarray, target: str, others: list[str], ref: float = 1.0) -> TargetLaw:
         m = len(others)
         transfer = {}
         if self.transfer:
-            transfer = {j: TransferTerm(float(theta[3 + a]), float(theta[3 + m + a])) for a, j in enumerate(others)}
-        return TargetLaw(target=target, E=float(np.exp(theta[0])), A=float(np.exp(theta[1])),
-                         alpha=float(theta[2]), transfer=transfer,
-                         r_star=float(np.exp(theta[-1])) if self.repetition else None)
+            transfer = {
+                j: TransferTerm(
+                    float(theta[3 + a] * ref ** (1.0 - theta[3 + m + a])), float(theta[3 + m + a])
+                )
+                for a, j in enumerate(others)
+            }
+        return TargetLaw(
+            target=target,
+            E=float(np.exp(theta[0])),
+            A=float(np.exp(theta[1] + theta[2] * np.log(ref))),
+            alpha=float(theta[2]),
+            transfer=transfer,
+            r_star=float(np.exp(theta[-1])) if self.repetition else None,
+        )
 
     # ---- value and Jacobian -------------------------------------------------------------------------
-    def evaluate(self, theta: np.ndarray, D_own: np.ndarray, D_oth: np.ndarray, U_own: np.ndarray,
-                 U_oth: np.ndarray, d0: float = D0_DEFAULT, jac: bool = True):
+    def evaluate(
+        self,
+        theta: np.ndarray,
+        D_own: np.ndarray,
+        D_oth: np.ndarray,
+        U_own: np.ndarray,
+        U_oth: np.ndarray,
+        d0: float = D0_DEFAULT,
+        jac: bool = True,
+        ref: float = 1.0,
+    ):
         """log L at n points and d(log L)/d(theta) (n, p). D_own (n,), D_oth (n, m)."""
-        E, A, alpha = np.exp(theta[0]), np.exp(theta[1]), theta[2]
+        E, G, alpha = np.exp(theta[0]), np.exp(theta[1]), theta[2]
         m = D_oth.shape[1]
         r_star = float(np.exp(theta[-1])) if self.repetition else None
         f_own, df_own = effective_data(D_own, U_own, r_star)
         S = d0 + f_own
         if self.transfer and m:
-            k, g = theta[3:3 + m], theta[3 + m:3 + 2 * m]
+            kap, g = theta[3 : 3 + m], theta[3 + m : 3 + 2 * m]
             f_oth, df_oth = effective_data(D_oth, U_oth, r_star)
             pos = f_oth > 0
-            logf = np.log(np.where(pos, f_oth, 1.0))
-            pw = np.where(pos, np.exp(g * logf), 0.0)  # f ** gamma with 0 ** gamma = 0
-            S = S + pw @ k
-        P = A * np.exp(-alpha * np.log(S))
+            logf = np.log(np.where(pos, f_oth, ref) / ref)  # log(f / R)
+            pw = np.where(pos, ref * np.exp(g * logf), 0.0)  # R (f/R)^gamma with 0 at f = 0
+            S = S + pw @ kap
+        logS = np.log(S / ref)
+        P = G * np.exp(-alpha * logS)
         L = E + P
         if not jac:
             return np.log(L), None
-        cols = [E / L, P / L, -P * np.log(S) / L]
+        cols = [E / L, P / L, -P * logS / L]
         base = -alpha * P / (S * L)  # d(log L)/dS
         if self.transfer and m:
-            cols += list((base[:, None] * pw).T) + list((base[:, None] * pw * k * logf).T)
+            cols += list((base[:, None] * pw).T) + list((base[:, None] * pw * kap * logf).T)
         if self.repetition:
             dS = df_own
             if self.transfer and m:
-                fpow = np.where(pos, np.exp((g - 1.0) * logf), 0.0)
-                dS = dS + (df_oth * fpow) @ (k * g)
+                fpow = np.where(pos, np.exp((g - 1.0) * logf), 0.0)  # (f/R)^(gamma-1)
+                dS = dS + (df_oth * fpow) @ (kap * g)
             cols.append(base * dS * r_star)
         return np.log(L), np.stack(cols, axis=1)
 
 
 FORMS: dict[str, LawForm] = {
-    "no_transfer": LawForm("no_transfer", transfer=False, repetition=False,
-                           description="L_i = E_i + A_i (d0 + D_i)^-alpha_i: each domain learns only from itself"),
-    "transfer": LawForm("transfer", transfer=True, repetition=False,
-                        description="L_i = E_i + A_i (d0 + D_i + sum_j k_ij D_j^gamma_ij)^-alpha_i"),
+    "no_transfer": LawForm(
+        "no_transfer",
+        transfer=False,
+        repetition=False,
+        description="L_i = E_i + A_i (d0 + D_i)^-alpha_i: each domain learns only from itself",
+    ),
+    "transfer": LawForm(
+        "transfer",
+        transfer=True,
+        repetition=False,
+        description="L_i = E_i + A_i (d0 + D_i + sum_j k_ij D_j^gamma_ij)^-alpha_i",
+    ),
     "transfer_repetition": LawForm(
-        "transfer_repetition", transfer=True, repetition=True,
-        description="transfer form with data-constrained repetition: D -> U + U R* (1 - exp(-(D/U - 1)/R*))"),
+        "transfer_repetition",
+        transfer=True,
+        repetition=True,
+        description="transfer form with data-constrained repetition: D -> U + U R* (1 - exp(-(D/U - 1)/R*))",
+    ),
 }
 
 
@@ -183,8 +229,9 @@ def get_form(name: str) -> LawForm:
         raise LawfitError(f"unknown law form {name!r}; known forms: {sorted(FORMS)}") from None
 
 
-def law_value_grad(law: TargetLaw, domains: list[str], D: np.ndarray, U: np.ndarray | None = None,
-                   d0: float = D0_DEFAULT) -> tuple[np.ndarray, np.ndarray]:
+def law_value_grad(
+    law: TargetLaw, domains: list[str], D: np.ndarray, U: np.ndarray | None = None, d0: float = D0_DEFAULT
+) -> tuple[np.ndarray, np.ndarray]:
     """Loss of `law.target` at rows of samples-seen D (n, m) and its gradient dL/dD (n, m).
 
     Needs only the named parameters (an empty `transfer` is the no-transfer law), so allocation, hub
@@ -217,6 +264,7 @@ def law_value_grad(law: TargetLaw, domains: list[str], D: np.ndarray, U: np.ndar
     return law.E + P, grad
 
 
-def predict_loss(law: TargetLaw, domains: list[str], D: np.ndarray, U: np.ndarray | None = None,
-                 d0: float = D0_DEFAULT) -> np.ndarray:
+def predict_loss(
+    law: TargetLaw, domains: list[str], D: np.ndarray, U: np.ndarray | None = None, d0: float = D0_DEFAULT
+) -> np.ndarray:
     return law_value_grad(law, domains, D, U, d0)[0]

@@ -37,15 +37,18 @@ class Laws:
         """Loss of every domain (columns) at rows of samples seen D (n, m)."""
         targets = targets or self.targets
         D = np.atleast_2d(np.asarray(D, dtype=np.float64))
-        return np.stack([law_value_grad(targets[d], self.domains, D, self.U, self.d0)[0] for d in self.domains],
-                        axis=1)
+        return np.stack(
+            [law_value_grad(targets[d], self.domains, D, self.U, self.d0)[0] for d in self.domains], axis=1
+        )
 
     def value_grad(self, D: np.ndarray, targets: dict[str, TargetLaw] | None = None):
         """Losses L (m,) at one point D (m,) and the Jacobian dL_i/dD_j (m, m)."""
         targets = targets or self.targets
         L, G = [], []
         for d in self.domains:
-            v, g = law_value_grad(targets[d], self.domains, np.asarray(D, dtype=np.float64)[None], self.U, self.d0)
+            v, g = law_value_grad(
+                targets[d], self.domains, np.asarray(D, dtype=np.float64)[None], self.U, self.d0
+            )
             L.append(v[0])
             G.append(g[0])
         return np.array(L), np.array(G)
@@ -58,8 +61,10 @@ class Laws:
         form = get_form(self.form)
         per = {d: np.asarray(unc["samples"][d], dtype=np.float64) for d in self.domains}
         n = min(len(v) for v in per.values())
-        return [{d: form.unpack(per[d][b], d, [o for o in self.domains if o != d]) for d in self.domains}
-                for b in range(n)]
+        return [
+            {d: form.unpack(per[d][b], d, [o for o in self.domains if o != d]) for d in self.domains}
+            for b in range(n)
+        ]
 
     def predict_interval(self, D: np.ndarray, level: float | None = None):
         """(lo, hi) of the predicted losses at rows D over the bootstrap laws, or None without them."""
@@ -74,13 +79,18 @@ class Laws:
     # ---- file ---------------------------------------------------------------------------------------
     def to_json(self) -> dict:
         return {
-            "format": FORMAT, "form": self.form, "form_description": FORMS[self.form].description,
-            "domains": self.domains, "d0": self.d0,
+            "format": FORMAT,
+            "form": self.form,
+            "form_description": FORMS[self.form].description,
+            "domains": self.domains,
+            "d0": self.d0,
             "targets": {d: self.targets[d].to_json() for d in self.domains},
             "unique_samples": {d: u for d, u in self.unique_samples.items() if np.isfinite(u)},
-            "seconds_per_sample": self.seconds_per_sample, "fit": self.fit,
-            "alternatives": {f: {"targets": {d: t.to_json() for d, t in tg.items()}}
-                             for f, tg in self.alternatives.items()},
+            "seconds_per_sample": self.seconds_per_sample,
+            "fit": self.fit,
+            "alternatives": {
+                f: {"targets": {d: t.to_json() for d, t in tg.items()}} for f, tg in self.alternatives.items()
+            },
             "uncertainty": self.uncertainty,
         }
 
@@ -118,7 +128,9 @@ class Laws:
                 law = TargetLaw.from_json(d, t, where)
                 bad = [j for j in law.transfer if j not in domains or j == d]
                 if bad:
-                    raise LawfitError(f"{where}: field '{base}.{d}.transfer': unknown or self domain(s) {bad}")
+                    raise LawfitError(
+                        f"{where}: field '{base}.{d}.transfer': unknown or self domain(s) {bad}"
+                    )
                 out[d] = law
             return out
 
@@ -142,10 +154,17 @@ class Laws:
             if f not in FORMS or not isinstance(a, dict):
                 raise LawfitError(f"{where}: field 'alternatives.{f}': unknown form or not an object")
             alts[f] = parse_targets(a.get("targets") or {}, f"alternatives.{f}.targets")
-        return cls(form=form, domains=list(domains), targets=parse_targets(tj, "targets"), d0=float(d0),
-                   unique_samples=domain_numbers("unique_samples"),
-                   seconds_per_sample=domain_numbers("seconds_per_sample"),
-                   fit=obj.get("fit") or {}, alternatives=alts, uncertainty=obj.get("uncertainty") or {})
+        return cls(
+            form=form,
+            domains=list(domains),
+            targets=parse_targets(tj, "targets"),
+            d0=float(d0),
+            unique_samples=domain_numbers("unique_samples"),
+            seconds_per_sample=domain_numbers("seconds_per_sample"),
+            fit=obj.get("fit") or {},
+            alternatives=alts,
+            uncertainty=obj.get("uncertainty") or {},
+        )
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Laws:

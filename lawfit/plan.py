@@ -17,9 +17,17 @@ def eval_points(budget: int, n: int, span: float = 64.0) -> list[int]:
     return sorted({max(1, int(round(p))) for p in pts} | {int(budget)})
 
 
-def make_plan(domains: list[str], unique: dict[str, int], target_budget: int, pilot_fraction: float, *,
-              n_mixtures: int | None = None, n_evals: int = 8, seed: int = 0,
-              max_epochs: float | None = None) -> dict:
+def make_plan(
+    domains: list[str],
+    unique: dict[str, int],
+    target_budget: int,
+    pilot_fraction: float,
+    *,
+    n_mixtures: int | None = None,
+    n_evals: int = 8,
+    seed: int = 0,
+    max_epochs: float | None = None,
+) -> dict:
     if not domains:
         raise LawfitError("--domains: give at least one domain")
     if len(set(domains)) != len(domains):
@@ -55,28 +63,47 @@ def make_plan(domains: list[str], unique: dict[str, int], target_budget: int, pi
     pilot_total = int(pilot_fraction * target_budget)
     per_run = pilot_total // len(runs)
     if per_run < 8:
-        raise LawfitError(f"pilot budget {pilot_total} samples over {len(runs)} runs leaves {per_run} per run; "
-                          "raise --pilot-fraction or --target-budget")
+        raise LawfitError(
+            f"pilot budget {pilot_total} samples over {len(runs)} runs leaves {per_run} per run; "
+            "raise --pilot-fraction or --target-budget"
+        )
     warnings = []
     if target_budget / per_run > 100:
-        warnings.append(f"each pilot run sees {per_run} samples, {target_budget / per_run:.0f}x less than the "
-                        "target budget: predictions extrapolate more than 100x")
+        warnings.append(
+            f"each pilot run sees {per_run} samples, {target_budget / per_run:.0f}x less than the "
+            "target budget: predictions extrapolate more than 100x"
+        )
     out_runs = []
     for i, (role, run_id, mix) in enumerate(runs):
         if max_epochs is not None:
             for d, w in mix.items():
                 if w * per_run > unique[d] * max_epochs:
                     warnings.append(f"run '{run_id}' repeats domain '{d}' beyond {max_epochs} epochs")
-        out_runs.append({"run_id": run_id, "role": role, "mixture": {d: round(w, 6) for d, w in mix.items()},
-                         "budget_samples": per_run, "eval_at": eval_points(per_run, n_evals), "seed": seed + i})
+        out_runs.append(
+            {
+                "run_id": run_id,
+                "role": role,
+                "mixture": {d: round(w, 6) for d, w in mix.items()},
+                "budget_samples": per_run,
+                "eval_at": eval_points(per_run, n_evals),
+                "seed": seed + i,
+            }
+        )
     # Rounding to 6 digits must keep weights summing to 1 exactly enough for the trainer's check.
     for r in out_runs:
         s = sum(r["mixture"].values())
         last = max(r["mixture"], key=r["mixture"].get)
         r["mixture"][last] = round(r["mixture"][last] + 1.0 - s, 6)
-    return {"format": FORMAT, "domains": list(domains), "unique_samples": dict(unique),
-            "target_budget": int(target_budget), "pilot_fraction": pilot_fraction,
-            "pilot_samples": per_run * len(out_runs), "runs": out_runs, "warnings": warnings}
+    return {
+        "format": FORMAT,
+        "domains": list(domains),
+        "unique_samples": dict(unique),
+        "target_budget": int(target_budget),
+        "pilot_fraction": pilot_fraction,
+        "pilot_samples": per_run * len(out_runs),
+        "runs": out_runs,
+        "warnings": warnings,
+    }
 
 
 def validate_plan(obj, where: str) -> dict:
@@ -106,6 +133,10 @@ def validate_plan(obj, where: str) -> dict:
         if not isinstance(r["budget_samples"], int) or r["budget_samples"] <= 0:
             raise LawfitError(f"{where}: field '{base}.budget_samples': expected a positive integer")
         ev = r["eval_at"]
-        if not isinstance(ev, list) or any(not isinstance(x, int) or x <= 0 for x in ev) or ev != sorted(set(ev)):
+        if (
+            not isinstance(ev, list)
+            or any(not isinstance(x, int) or x <= 0 for x in ev)
+            or ev != sorted(set(ev))
+        ):
             raise LawfitError(f"{where}: field '{base}.eval_at': expected increasing positive integers")
     return obj

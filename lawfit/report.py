@@ -111,14 +111,27 @@ def fig_hubs(laws: Laws, hubs: dict, path: Path) -> Path:
     for a, i in enumerate(doms):
         for b, j in enumerate(doms):
             if i != j and T[i][j] > 0.02:
-                ax.annotate("", xy=pos[a] * 0.85, xytext=pos[b] * 0.85,
-                            arrowprops={"arrowstyle": "->", "lw": 0.5 + 4 * min(T[i][j], 1.0), "alpha": 0.6,
-                                        "connectionstyle": "arc3,rad=0.12"})
+                ax.annotate(
+                    "",
+                    xy=pos[a] * 0.85,
+                    xytext=pos[b] * 0.85,
+                    arrowprops={
+                        "arrowstyle": "->",
+                        "lw": 0.5 + 4 * min(T[i][j], 1.0),
+                        "alpha": 0.6,
+                        "connectionstyle": "arc3,rad=0.12",
+                    },
+                )
     for a, d in enumerate(doms):
         c = hubs["class"][d]
         ax.scatter(*pos[a], s=900, color=colors[c], zorder=3)
-        ax.text(*(pos[a] * 1.22), f"{d}\n{c}\nout {hubs['out_strength'][d]:.2f} in {hubs['in_strength'][d]:.2f}",
-                ha="center", va="center", fontsize=8)
+        ax.text(
+            *(pos[a] * 1.22),
+            f"{d}\n{c}\nout {hubs['out_strength'][d]:.2f} in {hubs['in_strength'][d]:.2f}",
+            ha="center",
+            va="center",
+            fontsize=8,
+        )
     ax.set_xlim(-1.6, 1.6)
     ax.set_ylim(-1.6, 1.6)
     ax.axis("off")
@@ -161,44 +174,92 @@ def write_report(laws: Laws, alloc: dict | None, out_dir: str | os.PathLike) -> 
         budget = float(data[2].sum(axis=1).max()) if data else 1e4
         U = np.array([laws.unique_samples.get(d, 1.0) for d in doms])
         hubs = hub_analysis(laws, budget * U / U.sum(), budget_samples=budget)
-    files = [p for p in (fig_fit_curves(laws, out / "fit_curves.png"),
-                         fig_matrix(laws, hubs, out / "transfer_matrix.png"),
-                         fig_hubs(laws, hubs, out / "hubs.png")) if p]
+    files = [
+        p
+        for p in (
+            fig_fit_curves(laws, out / "fit_curves.png"),
+            fig_matrix(laws, hubs, out / "transfer_matrix.png"),
+            fig_hubs(laws, hubs, out / "hubs.png"),
+        )
+        if p
+    ]
     if alloc is not None:
         files.append(fig_allocation(alloc, out / "allocation.png"))
     sel = laws.fit.get("selection", {})
-    md = ["# lawfit report", "",
-          f"Form: **{laws.form}** — {sel.get('method', '')}.", ""]
+    md = ["# lawfit report", "", f"Form: **{laws.form}** — {sel.get('method', '')}.", ""]
     if sel.get("cv_rmse_log"):
         md += ["| form | held-out RMSE (log loss) |", "| --- | --- |"]
-        md += [f"| {f}{' (chosen)' if f == laws.form else ''} | {v:.4f} |" for f, v in sel["cv_rmse_log"].items()]
+        md += [
+            f"| {f}{' (chosen)' if f == laws.form else ''} | {v:.4f} |" for f, v in sel["cv_rmse_log"].items()
+        ]
         md.append("")
     lvl = laws.uncertainty.get("level")
-    md += [f"## Laws{f' ({int(100 * lvl)}% bootstrap intervals over runs)' if lvl else ''}", "",
-           "| target | E | A | alpha | fit RMSE (log) |", "| --- | --- | --- | --- | --- |"]
+    md += [
+        f"## Laws{f' ({int(100 * lvl)}% bootstrap intervals over runs)' if lvl else ''}",
+        "",
+        "| target | E | A | alpha | fit RMSE (log) |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for d in doms:
         t = laws.targets[d]
         rm = laws.fit.get("per_target", {}).get(d, {}).get("rmse_log")
-        md.append(f"| {d} | {t.E:.4g}{_iv(laws, d, 'E')} | {t.A:.4g}{_iv(laws, d, 'A')} | "
-                  f"{t.alpha:.3f}{_iv(laws, d, 'alpha')} | {'-' if rm is None else f'{rm:.4f}'} |")
-    md += ["", "## Transfer and hubs", "", hubs["rule"], "",
-           "| domain | class | out-strength | in-strength |", "| --- | --- | --- | --- |"]
-    md += [f"| {d} | {hubs['class'][d]} | {hubs['out_strength'][d]:.3f} | {hubs['in_strength'][d]:.3f} |"
-           for d in doms]
-    md += ["", f"(thresholds: hub >= {HUB_OUT}, island < {ISLAND})", "",
-           "![fit curves](fit_curves.png)", "", "![transfer](transfer_matrix.png)", "", "![hubs](hubs.png)", ""]
+        md.append(
+            f"| {d} | {t.E:.4g}{_iv(laws, d, 'E')} | {t.A:.4g}{_iv(laws, d, 'A')} | "
+            f"{t.alpha:.3f}{_iv(laws, d, 'alpha')} | {'-' if rm is None else f'{rm:.4f}'} |"
+        )
+    md += [
+        "",
+        "## Transfer and hubs",
+        "",
+        hubs["rule"],
+        "",
+        "| domain | class | out-strength | in-strength |",
+        "| --- | --- | --- | --- |",
+    ]
+    md += [
+        f"| {d} | {hubs['class'][d]} | {hubs['out_strength'][d]:.3f} | {hubs['in_strength'][d]:.3f} |"
+        for d in doms
+    ]
+    md += [
+        "",
+        f"(thresholds: hub >= {HUB_OUT}, island < {ISLAND})",
+        "",
+        "![fit curves](fit_curves.png)",
+        "",
+        "![transfer](transfer_matrix.png)",
+        "",
+        "![hubs](hubs.png)",
+        "",
+    ]
     if alloc is not None:
-        md += ["## Allocation", "", f"Budget: {alloc['budget']}.", "",
-               "| domain | share | samples | predicted loss |", "| --- | --- | --- | --- |"]
+        md += [
+            "## Allocation",
+            "",
+            f"Budget: {alloc['budget']}.",
+            "",
+            "| domain | share | samples | predicted loss |",
+            "| --- | --- | --- | --- |",
+        ]
         for d in doms:
             e = alloc["domains"][d]
             md.append(f"| {d} | {e['weight']:.3f} | {e['samples']} | {alloc['predicted_loss'][d]:.4f} |")
-        md += ["", "| baseline | predicted weighted loss | improvement (raw) | improvement (reducible) |",
-               "| --- | --- | --- | --- |"]
+        md += [
+            "",
+            "| baseline | predicted weighted loss | improvement (raw) | improvement (reducible) |",
+            "| --- | --- | --- | --- |",
+        ]
         for name, b in alloc.get("baselines", {}).items():
             im = b["improvement"]
-            md.append(f"| {name} | {b['objective']:.4f} | {100 * im['raw']:.2f}% | {100 * im['reducible']:.2f}% |")
-        md += ["", f"Transfer-aware objective: {alloc['objective']['value']:.4f}; KKT satisfied: "
-               f"{alloc['objective']['kkt']['satisfied']}.", "", "![allocation](allocation.png)", ""]
+            md.append(
+                f"| {name} | {b['objective']:.4f} | {100 * im['raw']:.2f}% | {100 * im['reducible']:.2f}% |"
+            )
+        md += [
+            "",
+            f"Transfer-aware objective: {alloc['objective']['value']:.4f}; KKT satisfied: "
+            f"{alloc['objective']['kkt']['satisfied']}.",
+            "",
+            "![allocation](allocation.png)",
+            "",
+        ]
     files.append(atomic_write_text(out / "report.md", "\n".join(md) + "\n"))
     return files

@@ -41,27 +41,59 @@ class RunLogWriter:
         finally:
             os.close(fd)
 
-    def start(self, *, run_id: str, domains: list[str], mixture: dict[str, float], budget_samples: int,
-              unique_samples: dict[str, int], seed: int, config: dict[str, Any] | None = None,
-              **extra: Any) -> None:
-        self._append({"event": "start", "format": FORMAT, "run_id": run_id, "domains": list(domains),
-                      "mixture": {d: float(w) for d, w in mixture.items()},
-                      "budget_samples": int(budget_samples),
-                      "unique_samples": {d: int(u) for d, u in unique_samples.items()},
-                      "seed": int(seed), "config": config or {}, **extra})
+    def start(
+        self,
+        *,
+        run_id: str,
+        domains: list[str],
+        mixture: dict[str, float],
+        budget_samples: int,
+        unique_samples: dict[str, int],
+        seed: int,
+        config: dict[str, Any] | None = None,
+        **extra: Any,
+    ) -> None:
+        self._append(
+            {
+                "event": "start",
+                "format": FORMAT,
+                "run_id": run_id,
+                "domains": list(domains),
+                "mixture": {d: float(w) for d, w in mixture.items()},
+                "budget_samples": int(budget_samples),
+                "unique_samples": {d: int(u) for d, u in unique_samples.items()},
+                "seed": int(seed),
+                "config": config or {},
+                **extra,
+            }
+        )
 
     def eval(self, *, step: int, samples_seen: dict[str, int], loss: dict[str, float], **extra: Any) -> None:
         bad = {d: v for d, v in loss.items() if not (math.isfinite(v) and v > 0)}
         if bad:
             raise ValueError(f"{self.path}: refusing to log non-finite or non-positive eval loss {bad}")
-        self._append({"event": "eval", "step": int(step),
-                      "samples_seen": {d: int(n) for d, n in samples_seen.items()},
-                      "loss": {d: float(v) for d, v in loss.items()}, **extra})
+        self._append(
+            {
+                "event": "eval",
+                "step": int(step),
+                "samples_seen": {d: int(n) for d, n in samples_seen.items()},
+                "loss": {d: float(v) for d, v in loss.items()},
+                **extra,
+            }
+        )
 
-    def throughput(self, *, step: int, samples_per_s: float, seconds_per_sample: dict[str, float],
-                   **extra: Any) -> None:
-        self._append({"event": "throughput", "step": int(step), "samples_per_s": float(samples_per_s),
-                      "seconds_per_sample": {d: float(s) for d, s in seconds_per_sample.items()}, **extra})
+    def throughput(
+        self, *, step: int, samples_per_s: float, seconds_per_sample: dict[str, float], **extra: Any
+    ) -> None:
+        self._append(
+            {
+                "event": "throughput",
+                "step": int(step),
+                "samples_per_s": float(samples_per_s),
+                "seconds_per_sample": {d: float(s) for d, s in seconds_per_sample.items()},
+                **extra,
+            }
+        )
 
     def end(self, *, status: str, step: int, **extra: Any) -> None:
         if status not in ("completed", "failed"):
@@ -114,8 +146,18 @@ def _need(obj: dict, key: str, types: type | tuple[type, ...], path: Path, line:
     return val
 
 
-def _domain_map(obj: dict, key: str, path: Path, line: int, event: str, domains: list[str],
-                *, integer: bool, positive: bool, required: bool = True) -> dict[str, Any]:
+def _domain_map(
+    obj: dict,
+    key: str,
+    path: Path,
+    line: int,
+    event: str,
+    domains: list[str],
+    *,
+    integer: bool,
+    positive: bool,
+    required: bool = True,
+) -> dict[str, Any]:
     if key not in obj and not required:
         return {}
     m = _need(obj, key, dict, path, line, event)
@@ -130,8 +172,11 @@ def _domain_map(obj: dict, key: str, path: Path, line: int, event: str, domains:
         if integer and float(v) != int(v):
             raise _err(path, line, f"field '{key}.{d}': expected an integer, got {v}")
         if v < 0 or (positive and v == 0):
-            raise _err(path, line, f"field '{key}.{d}': expected a {'positive' if positive else 'non-negative'}"
-                                   f" value, got {v}")
+            raise _err(
+                path,
+                line,
+                f"field '{key}.{d}': expected a {'positive' if positive else 'non-negative'} value, got {v}",
+            )
         out[d] = int(v) if integer else float(v)
     return out
 
@@ -197,8 +242,9 @@ def read_runlog(path: str | os.PathLike) -> RunLog:
             sps = _need(obj, "samples_per_s", (int, float), path, i, ev)
             if not (math.isfinite(sps) and sps > 0):
                 raise _err(path, i, f"field 'samples_per_s': expected a positive number, got {sps}")
-            obj["seconds_per_sample"] = _domain_map(obj, "seconds_per_sample", path, i, ev, run.domains,
-                                                    integer=False, positive=True)
+            obj["seconds_per_sample"] = _domain_map(
+                obj, "seconds_per_sample", path, i, ev, run.domains, integer=False, positive=True
+            )
             run.throughput.append(obj)
         else:  # end
             status = _need(obj, "status", str, path, i, ev)
@@ -235,8 +281,16 @@ def _parse_start(obj: dict, path: Path, i: int) -> RunLog:
     config = obj.get("config", {})
     if not isinstance(config, dict):
         raise _err(path, i, "field 'config': expected an object")
-    return RunLog(path=path, run_id=run_id, domains=list(domains), mixture=mixture, budget_samples=budget,
-                  unique_samples=unique, seed=seed, config=config)
+    return RunLog(
+        path=path,
+        run_id=run_id,
+        domains=list(domains),
+        mixture=mixture,
+        budget_samples=budget,
+        unique_samples=unique,
+        seed=seed,
+        config=config,
+    )
 
 
 def find_runlogs(patterns: list[str]) -> list[Path]:

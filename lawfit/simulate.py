@@ -13,16 +13,26 @@ from .plan import make_plan, validate_plan
 from .runlog import FILENAME, RunLogWriter
 
 
-def default_design(laws: Laws, *, budget_per_run: int, n_mixtures: int | None, n_evals: int, seed: int) -> dict:
+def default_design(
+    laws: Laws, *, budget_per_run: int, n_mixtures: int | None, n_evals: int, seed: int
+) -> dict:
     unique = {d: int(laws.unique_samples.get(d, 10 * budget_per_run)) for d in laws.domains}
     n_mix = max(2, len(laws.domains) // 2) if n_mixtures is None else n_mixtures
     n_runs = len(laws.domains) + (n_mix + 2 if len(laws.domains) > 1 else 0)
-    return make_plan(laws.domains, unique, budget_per_run * n_runs, 1.0, n_mixtures=n_mix, n_evals=n_evals,
-                     seed=seed)
+    return make_plan(
+        laws.domains, unique, budget_per_run * n_runs, 1.0, n_mixtures=n_mix, n_evals=n_evals, seed=seed
+    )
 
 
-def simulate_runs(laws: Laws, plan: dict, out_dir: str | os.PathLike, *, noise: float = 0.01, seed: int = 0,
-                  overwrite: bool = False) -> list[Path]:
+def simulate_runs(
+    laws: Laws,
+    plan: dict,
+    out_dir: str | os.PathLike,
+    *,
+    noise: float = 0.01,
+    seed: int = 0,
+    overwrite: bool = False,
+) -> list[Path]:
     """Write one run directory per planned run; losses are the laws' predictions times lognormal noise."""
     if noise < 0:
         raise LawfitError(f"--noise must be >= 0, got {noise}")
@@ -42,23 +52,39 @@ def simulate_runs(laws: Laws, plan: dict, out_dir: str | os.PathLike, *, noise: 
                 raise LawfitError(f"{log} already exists; simulate into a new folder or pass --overwrite")
             log.unlink()
         w = np.array([r["mixture"].get(d, 0.0) for d in laws.domains])
-        unique = {d: int(laws.unique_samples[d]) for d in laws.domains if np.isfinite(laws.unique_samples.get(d, np.inf))}
+        unique = {
+            d: int(laws.unique_samples[d])
+            for d in laws.domains
+            if np.isfinite(laws.unique_samples.get(d, np.inf))
+        }
         writer = RunLogWriter(run_dir)
-        writer.start(run_id=r["run_id"], domains=laws.domains, mixture=dict(zip(laws.domains, w.tolist())),
-                     budget_samples=r["budget_samples"], unique_samples=unique, seed=int(r.get("seed", 0)),
-                     config={"simulated": True, "noise": noise, "truth_form": laws.form})
+        writer.start(
+            run_id=r["run_id"],
+            domains=laws.domains,
+            mixture=dict(zip(laws.domains, w.tolist())),
+            budget_samples=r["budget_samples"],
+            unique_samples=unique,
+            seed=int(r.get("seed", 0)),
+            config={"simulated": True, "noise": noise, "truth_form": laws.form},
+        )
         evals = np.asarray(r["eval_at"], dtype=np.float64)
         D = np.floor(w[None, :] * evals[:, None] + 0.5)
         L = laws.predict(D) * np.exp(noise * rng.standard_normal((len(evals), len(laws.domains))))
         batch = 8
         for t, (drow, lrow) in enumerate(zip(D, L)):
             step = int(evals[t]) // batch
-            writer.eval(step=step, samples_seen={d: int(x) for d, x in zip(laws.domains, drow)},
-                        loss={d: float(x) for d, x in zip(laws.domains, lrow)})
+            writer.eval(
+                step=step,
+                samples_seen={d: int(x) for d, x in zip(laws.domains, drow)},
+                loss={d: float(x) for d, x in zip(laws.domains, lrow)},
+            )
             # Mean cost of this mixture's samples; per-domain costs are what the trainer measures.
             sps = float(1.0 / max(1e-12, float(w @ np.array([cost[d] for d in laws.domains]))))
-            writer.throughput(step=step, samples_per_s=sps,
-                              seconds_per_sample={d: cost[d] for d, x in zip(laws.domains, w) if x > 0})
+            writer.throughput(
+                step=step,
+                samples_per_s=sps,
+                seconds_per_sample={d: cost[d] for d, x in zip(laws.domains, w) if x > 0},
+            )
         writer.end(status="completed", step=int(r["budget_samples"]) // batch)
         paths.append(run_dir)
     return paths

@@ -31,30 +31,59 @@ def fit_laws(ds: Dataset, cfg: FitConfig | None = None) -> Laws:
     else:
         winner = "transfer" if "transfer" in fits else next(iter(fits))
         method = "no held-out comparison possible; default form"
-    _log(cfg, "form held-out RMSE(log loss): "
-         + ", ".join(f"{f}={v:.4f}" for f, v in scored.items()) + f" -> {winner}")
+    _log(
+        cfg,
+        "form held-out RMSE(log loss): "
+        + ", ".join(f"{f}={v:.4f}" for f, v in scored.items())
+        + f" -> {winner}",
+    )
     ff = fits[winner]
     t_fit = time.perf_counter() - t0
     samples = bootstrap(ds, ff, cfg)
     laws = Laws(
-        form=winner, domains=list(ds.domains), targets={d: tf.law for d, tf in ff.targets.items()}, d0=cfg.d0,
-        unique_samples=dict(ds.unique_samples), seconds_per_sample=dict(ds.seconds_per_sample),
+        form=winner,
+        domains=list(ds.domains),
+        targets={d: tf.law for d, tf in ff.targets.items()},
+        d0=cfg.d0,
+        unique_samples=dict(ds.unique_samples),
+        seconds_per_sample=dict(ds.seconds_per_sample),
         alternatives={f: {d: tf.law for d, tf in x.targets.items()} for f, x in fits.items() if f != winner},
     )
     laws.fit = {
         "objective": f"mean Huber(delta={cfg.huber_delta}) of log(predicted) - log(observed) loss",
         "optimizer": "L-BFGS-B in float64 from a grid of starts (screened, best 3 refined)",
-        "huber_delta": cfg.huber_delta, "n_runs": ds.n_runs, "n_points": int(len(ds.y)), "runs": ds.run_ids,
-        "per_target": {d: {"rmse_log": tf.rmse_log, "n_points": tf.n_points, "converged": tf.converged,
-                           "objective": tf.objective, "starts": tf.starts} for d, tf in ff.targets.items()},
-        "selection": {"method": method, "winner": winner, "candidates": list(fits),
-                      "cv_rmse_log": scored,
-                      "cv_rmse_log_per_target": {f: x.cv_per_target for f, x in fits.items()},
-                      "descriptions": {f: FORMS[f].description for f in fits}},
-        "seconds": round(t_fit, 3), "warnings": ds.warnings, "notes": notes,
+        "huber_delta": cfg.huber_delta,
+        "n_runs": ds.n_runs,
+        "n_points": int(len(ds.y)),
+        "runs": ds.run_ids,
+        "per_target": {
+            d: {
+                "rmse_log": tf.rmse_log,
+                "n_points": tf.n_points,
+                "converged": tf.converged,
+                "objective": tf.objective,
+                "starts": tf.starts,
+            }
+            for d, tf in ff.targets.items()
+        },
+        "selection": {
+            "method": method,
+            "winner": winner,
+            "candidates": list(fits),
+            "cv_rmse_log": scored,
+            "cv_rmse_log_per_target": {f: x.cv_per_target for f, x in fits.items()},
+            "descriptions": {f: FORMS[f].description for f in fits},
+        },
+        "seconds": round(t_fit, 3),
+        "warnings": ds.warnings,
+        "notes": notes,
         # The points fitted, so that `lawfit report` can draw them without the run logs.
-        "data": {"run_ids": ds.run_ids, "run": ds.run.tolist(), "samples_seen": ds.D.tolist(),
-                 "loss": [[None if not np.isfinite(v) else float(v) for v in row] for row in ds.y]},
+        "data": {
+            "run_ids": ds.run_ids,
+            "run": ds.run.tolist(),
+            "samples_seen": ds.D.tolist(),
+            "loss": [[None if not np.isfinite(v) else float(v) for v in row] for row in ds.y],
+        },
     }
     if samples:
         laws.uncertainty = _summarize(laws, samples, cfg)
@@ -73,15 +102,28 @@ def _summarize(laws: Laws, samples: dict[str, np.ndarray], cfg: FitConfig) -> di
         def iv(vals):
             return [float(np.quantile(vals, q[0])), float(np.quantile(vals, q[1]))]
 
-        entry = {"E": iv([x.E for x in laws_b]), "A": iv([x.A for x in laws_b]),
-                 "alpha": iv([x.alpha for x in laws_b])}
+        entry = {
+            "E": iv([x.E for x in laws_b]),
+            "A": iv([x.A for x in laws_b]),
+            "alpha": iv([x.alpha for x in laws_b]),
+        }
         if form.transfer:
-            entry["transfer"] = {j: {"k": iv([x.transfer[j].k for x in laws_b]),
-                                     "gamma": iv([x.transfer[j].gamma for x in laws_b])} for j in others}
+            entry["transfer"] = {
+                j: {
+                    "k": iv([x.transfer[j].k for x in laws_b]),
+                    "gamma": iv([x.transfer[j].gamma for x in laws_b]),
+                }
+                for j in others
+            }
         if form.repetition:
             entry["r_star"] = iv([x.r_star for x in laws_b])
         intervals[d] = entry
-    return {"method": "bootstrap over runs (resampled with replacement), each target refitted",
-            "n": cfg.bootstrap, "level": cfg.level, "seed": cfg.seed, "intervals": intervals,
-            "param_names": {d: form.param_names([o for o in laws.domains if o != d]) for d in laws.domains},
-            "samples": {d: np.round(samples[d], 10).tolist() for d in laws.domains}}
+    return {
+        "method": "bootstrap over runs (resampled with replacement), each target refitted",
+        "n": cfg.bootstrap,
+        "level": cfg.level,
+        "seed": cfg.seed,
+        "intervals": intervals,
+        "param_names": {d: form.param_names([o for o in laws.domains if o != d]) for d in laws.domains},
+        "samples": {d: np.round(samples[d], 10).tolist() for d in laws.domains},
+    }
