@@ -118,6 +118,9 @@ def main() -> None:
     th0 = F._grid_starts(form, prob, [d for d in ds.domains if d != ds.domains[0]], cfg.d0, ref)[0]
     bounds = form.bounds(ds.domains[1:], float(np.exp(prob[-1].min())))
     obj = lambda th: F._objective(th, form, prob, cfg.huber_delta, cfg.d0, ref)
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)  # as lawfit's own workers: small matrices, one BLAS thread
     _, t_fd = timed(
         lambda: minimize(
             lambda th: obj(th)[0],

@@ -58,11 +58,11 @@ def test_held_out_budget_predictions(study_runs):
 
 def test_repetition_form_wins_when_data_repeats(tmp_path):
     """A truth with repetition (small unique data, R* = 2): CV must choose the repetition form."""
+    from lawfit_helpers import make_truth
+
     from lawfit.laws import TargetLaw
     from lawfit.simulate import default_design, simulate_runs
     from lawfit.study import fit_laws
-
-    from .conftest import make_truth
 
     t = make_truth(seed=5, m=2)
     t.targets = {d: TargetLaw(d, x.E, x.A, x.alpha, x.transfer, r_star=2.0) for d, x in t.targets.items()}
