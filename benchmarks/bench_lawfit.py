@@ -25,35 +25,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lawfit.allocate import Budget, allocate  # noqa: E402
 from lawfit.dataset import build_dataset, load_runs  # noqa: E402
 from lawfit.fit import FitConfig, bootstrap, fit_target  # noqa: E402
-from lawfit.laws import FORMS, TargetLaw, TransferTerm  # noqa: E402
+from lawfit.laws import FORMS  # noqa: E402
 from lawfit.lawsfile import Laws  # noqa: E402
-from lawfit.simulate import default_design, simulate_runs  # noqa: E402
+from lawfit.simulate import default_design, random_laws, simulate_runs  # noqa: E402
 from lawfit.study import fit_laws  # noqa: E402
 
 
 def truth_laws(m: int, seed: int) -> Laws:
-    rng = np.random.default_rng(seed)
-    doms = [f"domain{i}" for i in range(m)]
-    targets = {}
-    for d in doms:
-        tr = {
-            o: TransferTerm(float(rng.choice([0.0, 0.0, 0.1, 0.3, 0.7])), float(rng.uniform(0.8, 1.0)))
-            for o in doms
-            if o != d
-        }
-        targets[d] = TargetLaw(
-            d,
-            E=float(rng.uniform(0.2, 0.5)),
-            A=float(rng.uniform(3, 10)),
-            alpha=float(rng.uniform(0.25, 0.5)),
-            transfer=tr,
-        )
-    return Laws(
-        form="transfer",
-        domains=doms,
-        targets=targets,
-        unique_samples={d: 1e6 for d in doms},
-        seconds_per_sample={d: 0.01 for d in doms},
+    return random_laws(
+        m, seed, k_choices=(0.0, 0.0, 0.1, 0.3, 0.7), gamma_range=(0.8, 1.0), unique=1e6, prefix="domain"
     )
 
 

@@ -44,7 +44,9 @@ def fig_fit_curves(laws: Laws, path: Path) -> Path | None:
     m = len(laws.domains)
     cols = min(3, m)
     rows = (m + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.6 * rows), squeeze=False, constrained_layout=True)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(4.6 * cols, 3.6 * rows), squeeze=False, constrained_layout=True
+    )
     cmap = plt.get_cmap("tab20")
     for t, d in enumerate(laws.domains):
         ax = axes[t // cols][t % cols]

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import LawfitError
+from .laws import TargetLaw, TransferTerm
 from .lawsfile import Laws
 from .plan import make_plan, validate_plan
 from .runlog import FILENAME, RunLogWriter
@@ -88,3 +89,39 @@ def simulate_runs(
         writer.end(status="completed", step=int(r["budget_samples"]) // batch)
         paths.append(run_dir)
     return paths
+
+
+def random_laws(
+    m: int,
+    seed: int,
+    *,
+    k_choices=(0.0, 0.0, 0.15, 0.4, 0.8),
+    gamma_range=(0.75, 1.0),
+    unique: float = 1e7,
+    prefix: str = "d",
+) -> Laws:
+    """Random transfer laws for m domains (tests, benchmarks, sizing studies): each pair's k is drawn from
+    `k_choices` (zeros make non-transferring pairs), gamma uniformly from `gamma_range`."""
+    rng = np.random.default_rng(seed)
+    doms = [f"{prefix}{i}" for i in range(m)]
+    targets = {}
+    for d in doms:
+        tr = {
+            o: TransferTerm(float(rng.choice(k_choices)), float(rng.uniform(*gamma_range)))
+            for o in doms
+            if o != d
+        }
+        targets[d] = TargetLaw(
+            d,
+            E=float(rng.uniform(0.2, 0.5)),
+            A=float(rng.uniform(3, 10)),
+            alpha=float(rng.uniform(0.25, 0.5)),
+            transfer=tr,
+        )
+    return Laws(
+        form="transfer",
+        domains=doms,
+        targets=targets,
+        unique_samples={d: unique for d in doms},
+        seconds_per_sample={d: 0.01 * (1 + i) for i, d in enumerate(doms)},
+    )
