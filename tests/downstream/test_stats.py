@@ -1,0 +1,75 @@
+"""The comparison statistics against scipy's own routines on fixed numbers."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+from scipy import stats as st
+
+from trainer.compare_encoders import compare, format_table
+from trainer.downstream.stats import auroc, paired_test, t_interval
+
+A = [0.712, 0.684, 0.731, 0.695, 0.702]
+B = [0.741, 0.690, 0.752, 0.731, 0.709]
+
+
+@pytest.mark.parametrize("level", [0.9, 0.95, 0.99])
+def test_t_interval_matches_scipy(level):
+    s = t_interval(A, level)
+    lo, hi = st.t.interval(level, len(A) - 1, loc=np.mean(A), scale=st.sem(A))
+    assert s.mean == pytest.approx(np.mean(A), abs=1e-15)
+    assert (s.lo, s.hi) == pytest.approx((lo, hi), rel=1e-12)
+
+
+def test_paired_t_matches_ttest_rel():
+    r = paired_test(A, B, wilcoxon=True)
+    ref = st.ttest_rel(B, A)
+    assert r.t == pytest.approx(ref.statistic, rel=1e-12)
+    assert r.p_t == pytest.approx(ref.pvalue, rel=1e-10)
+    d = np.subtract(B, A)
+    lo, hi = st.t.interval(0.95, 4, loc=d.mean(), scale=st.sem(d))
+    assert (r.mean_diff, r.lo, r.hi) == pytest.approx((d.mean(), lo, hi), rel=1e-12)
+    # Exact Wilcoxon by enumeration of the 2^5 sign patterns: W+ = sum of ranks of positive d.
+    ranks = st.rankdata(np.abs(d))
+    w_obs = ranks[d > 0].sum()
+    null = [sum(r_ for r_, s in zip(ranks, signs) if s) for signs in itertools.product([0, 1], repeat=5)]
+    mu = np.mean(null)
+    p_exact = np.mean([abs(w - mu) >= abs(w_obs - mu) - 1e-12 for w in null])
+    assert r.p_wilcoxon == pytest.approx(p_exact, rel=1e-12)
+    # Sign flips of the pairing flip t and keep p.
+    r2 = paired_test(B, A)
+    assert (r2.t, r2.p_t) == pytest.approx((-r.t, r.p_t))
+
+
+def test_paired_test_rejects_unpaired():
+    with pytest.raises(ValueError, match="shapes"):
+        paired_test([1, 2, 3], [1, 2])
+
+
+def test_auroc_matches_pair_counting():
+    rng = np.random.default_rng(0)
+    s = np.round(rng.normal(size=40), 1)  # rounding makes ties
+    y = rng.random(40) < 0.4
+    pos, neg = s[y], s[~y]
+    ref = np.mean([(p > n) + 0.5 * (p == n) for p in pos for n in neg])
+    assert auroc(s, y) == pytest.approx(ref, rel=1e-12)
+    assert auroc([0.1, 0.9], [0, 1]) == 1.0
+    assert math.isnan(auroc([0.1, 0.2], [1, 1]))
+
+
+def test_comparison_table_statistics():
+    values = {"prop": {"seg/x/dice": A}, "transfer": {"seg/x/dice": B}}
+    table = compare(values, level=0.95, alpha=0.05, wilcoxon=False)
+    row = table["seg/x/dice"]
+    e = row["encoders"]["transfer"]
+    lo, hi = st.t.interval(0.95, 4, loc=np.mean(B), scale=st.sem(B))
+    assert (e["mean"], e["lo"], e["hi"]) == pytest.approx((np.mean(B), lo, hi), rel=1e-12)
+    d = row["vs_prop"]["transfer"]
+    ref = st.ttest_rel(B, A)
+    assert d["p_t"] == pytest.approx(ref.pvalue, rel=1e-10)
+    assert d["significant"] == (ref.pvalue < 0.05)
+    text = format_table(table, ["prop", "transfer"], 0.95, False)
+    assert f"{np.mean(B):.3f}" in text and f"p_t={ref.pvalue:.3g}" in text

@@ -1,0 +1,212 @@
+"""Labels for downstream tasks: `labels.jsonl` (`voxmix.labels/1`) next to an ingested manifest.
+
+    python -m trainer.downstream.labels --data DIR --index RAW/phantoms.jsonl [--spec RAW/dataset.yaml]
+
+The label index (`--index`, JSONL) names, per source as the ingest spec names it, a label map file
+and/or class labels: `{"source": "ct/a.nii.gz", "labels": "ct/a_labels.nii.gz", "classes": {"lesion": 1}}`.
+`trainer.phantoms --labels` writes such an index (`phantoms.jsonl`: `file`, `labels`, `lesion`), read
+as is. Each label map is put on the grid of its ingested volume with the volume's own geometry: read
+and reoriented to RAS+ like the image, resampled by nearest neighbour to the ingest grid, cropped to the
+same foreground box (recomputed from the image by the ingest code itself), then checked against the
+manifest's shape. Output: `DIR/labels/<id>.npy` (uint8) and `DIR/labels.jsonl` (docs/formats.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lawfit.io import atomic_write_text
+
+FORMAT = "voxmix.labels/1"
+FILENAME = "labels.jsonl"
+
+
+class LabelsError(ValueError):
+    """Bad labels input or file; the message names the file, line and field."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class LabelRecord:
+    id: str
+    """Manifest record id."""
+    labels: str | None = None
+    """POSIX path (relative to the manifest's folder) of a uint8 `.npy` label map of the record's shape."""
+    classes: dict[str, int] = field(default_factory=dict)
+    """Class labels of the whole volume, e.g. {"lesion": 1}."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Labels:
+    root: Path
+    names: list[str]
+    """Name of each label value (index = value) of the label maps."""
+    records: dict[str, LabelRecord]
+
+    def label_map(self, rid: str) -> np.ndarray:
+        rec = self.records.get(rid)
+        if rec is None or rec.labels is None:
+            raise LabelsError(f"{self.root / FILENAME}: record {rid!r} has no label map")
+        return np.load(self.root / rec.labels, mmap_mode="r")
+
+    def label_id(self, name: str) -> int:
+        if name not in self.names:
+            raise LabelsError(f"{self.root / FILENAME}: label {name!r} not in label_names {self.names}")
+        return self.names.index(name)
+
+
+def read_labels(data_dir: str | os.PathLike) -> Labels:
+    path = Path(data_dir) / FILENAME
+    if not path.exists():
+        raise LabelsError(f"{path}: file not found (write it with `python -m trainer.downstream.labels`)")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    try:
+        header = json.loads(lines[0]) if lines else None
+    except json.JSONDecodeError as exc:
+        raise LabelsError(f"{path}: line 1: invalid JSON ({exc})") from None
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        got = header.get("format") if isinstance(header, dict) else header
+        raise LabelsError(f"{path}: line 1: field 'format' is {got!r}, expected {FORMAT!r}")
+    names = header.get("label_names", [])
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise LabelsError(f"{path}: line 1: field 'label_names' must be a list of strings")
+    records: dict[str, LabelRecord] = {}
+    for no, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise LabelsError(f"{path}: line {no}: invalid JSON ({exc})") from None
+        rid = obj.get("id") if isinstance(obj, dict) else None
+        if not isinstance(rid, str):
+            raise LabelsError(f"{path}: line {no}: field 'id' missing or not a string")
+        lab = obj.get("labels")
+        if lab is not None and (not isinstance(lab, str) or lab.startswith("/") or ".." in lab.split("/")):
+            raise LabelsError(f"{path}: line {no}: field 'labels' must be a relative path, got {lab!r}")
+        classes = obj.get("classes", {})
+        if not isinstance(classes, dict) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in classes.values()
+        ):
+            raise LabelsError(f"{path}: line {no}: field 'classes' must map names to integers")
+        if rid in records:
+            raise LabelsError(f"{path}: line {no}: duplicate id {rid!r}")
+        records[rid] = LabelRecord(id=rid, labels=lab, classes=classes)
+    return Labels(root=path.parent, names=names, records=records)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Writing: label maps onto the ingest grid
+
+
+def _read_index(path: Path) -> dict[str, dict]:
+    out = {}
+    for no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise LabelsError(f"{path}: line {no}: invalid JSON ({exc})") from None
+        src = obj.get("source", obj.get("file"))
+        if not isinstance(src, str):
+            raise LabelsError(f"{path}: line {no}: field 'source' (or 'file') missing")
+        classes = dict(obj.get("classes", {}))
+        if "lesion" in obj and "lesion" not in classes:  # trainer.phantoms' index
+            classes["lesion"] = int(bool(obj["lesion"]))
+        out[src] = {"labels": obj.get("labels"), "classes": classes}
+    return out
+
+
+def _nearest(lab: np.ndarray, shape) -> np.ndarray:
+    if tuple(shape) == lab.shape:
+        return lab
+    t = torch.from_numpy(np.ascontiguousarray(lab.astype(np.float32)))[None, None]
+    # "nearest-exact" samples voxel centres, which is where the trilinear image resampling samples too.
+    return torch.nn.functional.interpolate(t, size=tuple(shape), mode="nearest-exact")[0, 0].numpy()
+
+
+def align_label_map(image_file: Path, label_file: Path, domain_spec) -> np.ndarray:
+    """The label map on the grid that `trainer.ingest` gives `image_file` under `domain_spec`."""
+    from trainer.ingest.preprocess import foreground_box, normalize, resample
+    from trainer.ingest.readers import Item, read_item
+
+    img = read_item(Item(source=str(image_file), kind="nifti", files=[image_file]))
+    lab = read_item(Item(source=str(label_file), kind="nifti", files=[label_file]))
+    if lab.data.shape != img.data.shape:
+        raise LabelsError(f"{label_file}: shape {lab.data.shape} differs from the image's {img.data.shape}")
+    x, _ = resample(img.data, img.spacing, domain_spec.spacing)
+    _, fg, _ = normalize(x, domain_spec, img.meta.get("suv_factor"))
+    box = foreground_box(fg, domain_spec.margin)
+    return np.rint(_nearest(lab.data, x.shape)[box]).astype(np.uint8)
+
+
+def write_labels(data_dir: Path, index_path: Path, spec_path: Path, names: list[str]) -> int:
+    from trainer.data.manifest import read_manifest
+    from trainer.ingest.pipeline import save_npy_atomic
+    from trainer.ingest.spec import load_spec
+
+    manifest = read_manifest(data_dir / "manifest.jsonl")
+    spec = load_spec(spec_path)
+    domains = {d.name: d for d in spec.domains}
+    index = _read_index(index_path)
+    lines = [json.dumps({"format": FORMAT, "label_names": names, "index": str(index_path)})]
+    n = 0
+    for i, rec in enumerate(manifest.records):
+        entry = index.get(rec.source)
+        if entry is None:
+            continue
+        row: dict = {"id": rec.id, "classes": entry["classes"]}
+        if entry["labels"]:
+            lab = align_label_map(spec.base / rec.source, spec.base / entry["labels"], domains[rec.domain])
+            if tuple(lab.shape) != tuple(rec.shape):
+                raise LabelsError(
+                    f"{index_path}: {entry['labels']}: aligned shape {lab.shape} != manifest shape "
+                    f"{rec.shape} of {rec.id}"
+                )
+            rel = f"labels/{rec.id}.npy"
+            save_npy_atomic(data_dir / rel, lab)
+            row["labels"] = rel
+        lines.append(json.dumps(row, sort_keys=True))
+        n += 1
+        print(f"\rlabels: {i + 1}/{len(manifest.records)}", end="", file=sys.stderr)
+    print(file=sys.stderr)
+    atomic_write_text(data_dir / FILENAME, "\n".join(lines) + "\n")
+    return n
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m trainer.downstream.labels", description=__doc__.splitlines()[0]
+    )
+    p.add_argument("--data", required=True, help="ingested folder (manifest.jsonl)")
+    p.add_argument("--index", required=True, help="label index JSONL (e.g. phantoms.jsonl)")
+    p.add_argument("--spec", help="ingest spec used (default: dataset.yaml next to the index)")
+    p.add_argument("--names", help="comma-separated label names (default: trainer.phantoms' LABEL_NAMES)")
+    a = p.parse_args(argv)
+    if a.names:
+        names = a.names.split(",")
+    else:
+        from trainer.phantoms import LABEL_NAMES
+
+        names = list(LABEL_NAMES)
+    index = Path(a.index)
+    spec = Path(a.spec) if a.spec else index.parent / "dataset.yaml"
+    try:
+        n = write_labels(Path(a.data), index, spec, names)
+    except (LabelsError, ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {n} label records to {Path(a.data) / FILENAME}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
