@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from monai.networks.nets import UNETR
 from conftest import make_encoder
+from monai.networks.nets import UNETR
 
 from trainer.config import ModelConfig
 from trainer.downstream.models import PatchUNETR, ViTClassifier, build_segmenter, build_vit, load_encoder
