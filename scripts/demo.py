@@ -1,0 +1,436 @@
+"""`make demo`: the whole voxmix study on phantoms, on a laptop CPU (docs/guide.md runs it on real data).
+
+phantoms -> ingest -> lawfit plan -> pilot sweep (real `deepspeed` launches) -> lawfit fit -> allocate
+(budget = 4x the largest pilot) -> two final runs, proportional and transfer-aware (same seed, same
+steps) -> table of predicted vs measured held-out loss, measured gain, r, hub/island class -> lawfit
+report figures + demo/report.md.
+
+    .venv/bin/python scripts/demo.py [--out demo] [--fresh] [--pilot-samples 3000] ...
+
+Each stage leaves a stamp in <out>/.stages/; a rerun skips finished stages (the sweep also skips finished
+runs), `--fresh` starts over. The numbers printed are the measured ones, whichever allocation wins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+
+from lawfit.io import atomic_write_json, atomic_write_text  # noqa: E402
+
+PY = sys.executable
+DOMAINS = ["ct_abdomen", "ct_chest", "mri_brain", "pet_wholebody"]
+T0 = time.monotonic()
+
+
+def say(msg: str) -> None:
+    print(f"[demo {time.monotonic() - T0:6.1f} s] {msg}", flush=True)
+
+
+def sh(cmd: list[str], *, quiet: bool = False) -> None:
+    """Run one step of the study; a failure stops the demo with the command and its exit code."""
+    res = subprocess.run(cmd, cwd=REPO, capture_output=quiet, text=True)
+    if res.returncode != 0:
+        if quiet:
+            sys.stderr.write((res.stdout or "")[-4000:] + (res.stderr or "")[-4000:])
+        raise SystemExit(f"demo: step failed (exit {res.returncode}): {' '.join(cmd)}")
+
+
+class Stages:
+    """Stamp files: a finished stage is skipped on the next run unless --fresh."""
+
+    def __init__(self, out: Path):
+        self.dir = out / ".stages"
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def run(self, name: str, fn) -> None:
+        stamp = self.dir / f"{name}.done"
+        if stamp.exists():
+            say(f"{name}: done earlier ({stamp.read_text().strip()}), skipped")
+            return
+        t = time.monotonic()
+        say(f"{name}: start")
+        fn()
+        took = f"{time.monotonic() - t:.1f} s"
+        atomic_write_text(stamp, took + "\n")
+        say(f"{name}: finished in {took}")
+
+
+def train_counts(manifest: Path) -> dict[str, int]:
+    from trainer.data.manifest import read_manifest
+
+    m = read_manifest(manifest)
+    return {d: len(m.select(domain=d, split="train")) for d in m.domains()}
+
+
+def allocation_file(path: Path, samples: dict[str, int]) -> None:
+    total = sum(samples.values())
+    atomic_write_json(
+        path,
+        {
+            "format": "voxmix.allocation/1",
+            "budget": {"samples": total},
+            "domains": {d: {"weight": n / total, "samples": int(n)} for d, n in sorted(samples.items())},
+        },
+    )
+
+
+def final_plan(path: Path, allocs: dict[str, dict[str, int]], pilot: int, seed: int, n_evals: int) -> None:
+    """Both final runs in one `voxmix.plan/1`: same budget, seed and evaluation points (all beyond the pilots)."""
+    budget = sum(next(iter(allocs.values())).values())
+    pts = np.unique(np.round(np.geomspace(1.25 * pilot, budget, n_evals)).astype(int)).tolist()
+    runs = [
+        {
+            "run_id": f"final-{name}",
+            "role": "final",
+            # samples / budget reproduces the integer counts exactly under largest-remainder rounding
+            "mixture": {d: n / budget for d, n in s.items()},
+            "budget_samples": budget,
+            "eval_at": pts,
+            "seed": seed,
+        }
+        for name, s in allocs.items()
+    ]
+    doms = sorted(next(iter(allocs.values())))
+    atomic_write_json(path, {"format": "voxmix.plan/1", "domains": doms, "runs": runs, "warnings": []})
+
+
+def compare(out: Path) -> dict:
+    """Predicted vs measured held-out loss of the final runs; gains; r on the unseen budget; hub classes."""
+    from lawfit.lawsfile import Laws
+    from lawfit.runlog import read_runlog
+
+    laws = Laws.load(out / "laws.json")
+    alloc = json.loads((out / "allocation.json").read_text())
+    doms = laws.domains
+    res: dict = {"domains": doms, "runs": {}, "points": []}
+    for name in ("proportional", "transfer_aware"):
+        log = read_runlog(out / "final" / f"final-{name}")
+        if log.status != "completed" or not log.evals:
+            raise SystemExit(f"demo: {log.path}: the final run did not complete")
+        for ev in log.evals:
+            D = np.array([[ev.samples_seen.get(d, 0) for d in doms]], dtype=float)
+            pred = laws.predict(D)[0]
+            for j, d in enumerate(doms):
+                res["points"].append([name, d, int(D.sum()), float(pred[j]), float(ev.loss[d])])
+        last = log.evals[-1]
+        D = np.array([[last.samples_seen.get(d, 0) for d in doms]], dtype=float)
+        res["runs"][name] = {
+            "samples_seen": {d: int(last.samples_seen.get(d, 0)) for d in doms},
+            "predicted": dict(zip(doms, map(float, laws.predict(D)[0]))),
+            "measured": {d: float(last.loss[d]) for d in doms},
+        }
+    pts = np.array([[p[3], p[4]] for p in res["points"]])
+    res["r"] = float(np.corrcoef(pts[:, 0], pts[:, 1])[0, 1]) if len(pts) > 2 else math.nan
+    res["r_final_only"] = float(
+        np.corrcoef(
+            [res["runs"][n]["predicted"][d] for n in res["runs"] for d in doms],
+            [res["runs"][n]["measured"][d] for n in res["runs"] for d in doms],
+        )[0, 1]
+    )
+    E = {d: laws.targets[d].E for d in doms}
+    P, T = res["runs"]["proportional"]["measured"], res["runs"]["transfer_aware"]["measured"]
+    res["per_domain_gain"] = {
+        d: {"raw": (P[d] - T[d]) / P[d], "reducible": (P[d] - T[d]) / max(P[d] - E[d], 1e-12)} for d in doms
+    }
+    sp, st, se = sum(P.values()), sum(T.values()), sum(E.values())
+    res["gain"] = {"raw": (sp - st) / sp, "reducible": (sp - st) / max(sp - se, 1e-12)}
+    res["predicted_gain"] = alloc["baselines"]["proportional"]["improvement"]
+    res["hub_class"] = alloc["hubs"]["class"]
+    res["E"] = E
+    res["form"] = laws.form
+    return res
+
+
+def table(res: dict) -> str:
+    doms, P, T = res["domains"], res["runs"]["proportional"], res["runs"]["transfer_aware"]
+    lines = [
+        "| domain | class | samples prop / TA | predicted prop | measured prop | predicted TA | measured TA "
+        "| measured gain raw | measured gain reducible |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for d in doms:
+        g = res["per_domain_gain"][d]
+        lines.append(
+            f"| {d} | {res['hub_class'][d]} | {P['samples_seen'][d]} / {T['samples_seen'][d]} "
+            f"| {P['predicted'][d]:.4f} | {P['measured'][d]:.4f} | {T['predicted'][d]:.4f} "
+            f"| {T['measured'][d]:.4f} | {100 * g['raw']:+.2f}% | {100 * g['reducible']:+.2f}% |"
+        )
+    g, pg = res["gain"], res["predicted_gain"]
+    lines.append(
+        f"| **all (sum)** | | | {sum(P['predicted'].values()):.4f} | {sum(P['measured'].values()):.4f} "
+        f"| {sum(T['predicted'].values()):.4f} | {sum(T['measured'].values()):.4f} "
+        f"| {100 * g['raw']:+.2f}% | {100 * g['reducible']:+.2f}% |"
+    )
+    won = g["raw"] > 0
+    verdict = (
+        f"Transfer-aware {'beat' if won else 'did NOT beat'} proportional at this budget: measured "
+        f"{100 * g['raw']:+.2f}% raw, {100 * g['reducible']:+.2f}% of the reducible loss (predicted "
+        f"{100 * pg['raw']:+.2f}% raw, {100 * pg['reducible']:+.2f}% reducible)."
+    )
+    corr = (
+        f"Correlation of predicted and measured held-out loss on the unseen budget (both final runs, every "
+        f"evaluation point beyond the pilots, {len(res['points'])} points): r = {res['r']:.3f}; final points "
+        f"only: r = {res['r_final_only']:.3f}. Law form chosen: {res['form']}."
+    )
+    return "\n".join(lines) + "\n\n" + verdict + "\n\n" + corr + "\n"
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default=str(REPO / "demo"), help="output folder (default demo/)")
+    p.add_argument("--fresh", action="store_true", help="delete the output folder and start over")
+    p.add_argument("--domains", nargs="+", default=DOMAINS, help="phantom domains (default: four)")
+    p.add_argument("--per-domain", type=int, default=16, help="phantom volumes per domain")
+    p.add_argument("--size", type=int, default=48, help="phantom grid side (voxels)")
+    p.add_argument("--config", default="configs/tiny.yaml")
+    p.add_argument("--pilot-samples", type=int, default=3000, help="samples per pilot run (multiple of 8)")
+    p.add_argument("--scale", type=float, default=4.0, help="final budget = scale x the largest pilot")
+    p.add_argument("--evals", type=int, default=8, help="evaluation points per pilot run")
+    p.add_argument("--final-evals", type=int, default=5, help="evaluation points per final run")
+    p.add_argument("--parallel", type=int, default=1, help="pilot runs at once (2 cores: 1 is fastest)")
+    p.add_argument("--bootstrap", type=int, default=20)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", action="append", default=[], help="trainer override for every run")
+    p.add_argument("--no-report", action="store_true", help="skip the lawfit report figures")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    a = parse_args(argv)
+    out = Path(a.out).resolve()
+    if a.fresh and out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    st = Stages(out)
+    data, runs, final = out / "data", out / "runs", out / "final"
+    # Checkpoints only at the end: the sweep retries a failed pilot from scratch, and it is seconds long.
+    tset = ["checkpoint.every_steps=1000000", *a.set]
+    sets = [x for s in tset for x in ("--set", s)]
+    say(f"output in {out}; {len(a.domains)} domains, pilots of {a.pilot_samples} samples, final x{a.scale:g}")
+
+    st.run(
+        "phantoms",
+        lambda: sh(
+            [
+                PY,
+                "-m",
+                "trainer.phantoms",
+                "--out",
+                str(out / "phantoms"),
+                "--domains",
+                *a.domains,
+                "--per-domain",
+                str(a.per_domain),
+                "--size",
+                str(a.size),
+                "--seed",
+                str(a.seed),
+            ],
+            quiet=True,
+        ),
+    )
+    st.run(
+        "ingest",
+        lambda: sh(
+            [
+                PY,
+                "-m",
+                "trainer.ingest",
+                "--spec",
+                str(out / "phantoms" / "dataset.yaml"),
+                "--out",
+                str(data),
+                "--workers",
+                "2",
+                "--quiet",
+            ]
+        ),
+    )
+
+    def plan():
+        unique = train_counts(data / "manifest.jsonl")
+        n_runs = len(unique) + max(2, len(unique) // 2) + 2  # lawfit plan's design (docs/lawfit.md)
+        # lawfit plan splits pilot_fraction x target over its runs and caps the fraction at 1: plan the
+        # target n_runs x pilot so that each pilot gets exactly --pilot-samples; the final budget is set below.
+        sh(
+            [
+                PY,
+                "-m",
+                "lawfit",
+                "plan",
+                "--domains",
+                *sorted(unique),
+                "--unique",
+                *[f"{d}={n}" for d, n in sorted(unique.items())],
+                "--target-budget",
+                str(n_runs * a.pilot_samples),
+                "--pilot-fraction",
+                "1",
+                "--evals",
+                str(a.evals),
+                "--seed",
+                str(a.seed),
+                "-o",
+                str(out / "plan.json"),
+            ]
+        )
+
+    st.run("plan", plan)
+    st.run(
+        "pilots",
+        lambda: sh(
+            [
+                PY,
+                "-m",
+                "trainer.sweep",
+                str(out / "plan.json"),
+                "--runs-dir",
+                str(runs),
+                "--config",
+                a.config,
+                "--manifest",
+                str(data / "manifest.jsonl"),
+                "--parallel",
+                str(a.parallel),
+                *sets,
+            ]
+        ),
+    )
+    plan_obj = json.loads((out / "plan.json").read_text())
+    fit_dirs = [str(runs / r["run_id"]) for r in plan_obj["runs"] if r["role"] == "fit"]
+    st.run(
+        "fit",
+        lambda: sh(
+            [
+                PY,
+                "-m",
+                "lawfit",
+                "fit",
+                *fit_dirs,
+                "--bootstrap",
+                str(a.bootstrap),
+                "--workers",
+                str(a.workers),
+                "--seed",
+                str(a.seed),
+                "--quiet",
+                "-o",
+                str(out / "laws.json"),
+            ]
+        ),
+    )
+    pilot_max = max(r["budget_samples"] for r in plan_obj["runs"])
+    budget = int(round(a.scale * pilot_max / 8)) * 8  # whole global batches of the tiny preset
+    st.run(
+        "allocate",
+        lambda: sh(
+            [
+                PY,
+                "-m",
+                "lawfit",
+                "allocate",
+                str(out / "laws.json"),
+                "--budget-samples",
+                str(budget),
+                "--seed",
+                str(a.seed),
+                "-o",
+                str(out / "allocation.json"),
+            ]
+        ),
+    )
+
+    def finals():
+        alloc = json.loads((out / "allocation.json").read_text())
+        ta = {d: e["samples"] for d, e in alloc["domains"].items()}
+        prop = {d: e["samples"] for d, e in alloc["baselines"]["proportional"]["domains"].items()}
+        allocation_file(out / "allocation_proportional.json", prop)
+        final_plan(
+            out / "final_plan.json",
+            {"proportional": prop, "transfer_aware": ta},
+            pilot_max,
+            a.seed,
+            a.final_evals,
+        )
+        sh(
+            [
+                PY,
+                "-m",
+                "trainer.sweep",
+                str(out / "final_plan.json"),
+                "--runs-dir",
+                str(final),
+                "--config",
+                a.config,
+                "--manifest",
+                str(data / "manifest.jsonl"),
+                "--parallel",
+                "1",
+                *sets,
+            ]
+        )
+
+    st.run("final_runs", finals)
+    if not a.no_report:
+        st.run(
+            "report",
+            lambda: sh(
+                [
+                    PY,
+                    "-m",
+                    "lawfit",
+                    "report",
+                    str(out / "laws.json"),
+                    str(out / "allocation.json"),
+                    "-o",
+                    str(out / "report"),
+                ],
+                quiet=True,
+            ),
+        )
+    res = compare(out)
+    atomic_write_json(out / "comparison.json", res)
+    text = table(res)
+    md = [
+        "# voxmix demo: transfer-aware vs proportional allocation (phantoms, tiny model, CPU)\n",
+        f"Pilots: {len(plan_obj['runs'])} runs of {pilot_max} samples ({len(fit_dirs)} fitted, the rest held "
+        f"out); final budget {budget} samples ({a.scale:g}x the largest pilot), both final runs with seed "
+        f"{a.seed} and the same number of steps. Losses: mean normalized-pixel MAE loss on each domain's fixed "
+        "held-out crops. Gain = (proportional - transfer-aware) / proportional; reducible: divided by "
+        "(proportional - E) with E the fitted irreducible loss.\n",
+        text,
+        "Figures and the laws' own report: [report/report.md](report/report.md). Data: `comparison.json`, "
+        "`laws.json`, `allocation.json`, run logs in `runs/` and `final/`.\n",
+    ]
+    atomic_write_text(out / "report.md", "\n".join(md))
+    print("\n" + text)
+    say(f"wrote {out / 'report.md'}")
+    ce = REPO / "trainer" / "compare_encoders.py"
+    encs = [final / f"final-{n}" / "encoder.pt" for n in ("proportional", "transfer_aware")]
+    if ce.exists():
+        say(
+            "downstream check of the two encoders: "
+            f"{PY} -m trainer.compare_encoders {encs[0]} {encs[1]} (see docs/guide.md; `make demo-full` runs it)"
+        )
+    else:
+        say(
+            f"downstream fine-tuning of {encs[0]} and {encs[1]}: `make demo-full` (trainer/compare_encoders.py)"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
