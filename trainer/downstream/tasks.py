@@ -97,7 +97,8 @@ def run_seg(blob, cfg: SegConfig, data_dir, *, seed: int, pretrained: bool, devi
     for step in range(cfg.steps):
         x, y = seg_batch(train, img, cfg.batch_size, rng, cfg.fg_prob)
         with _autocast(device):
-            loss = loss_fn(net(x.to(device)), y.to(device))
+            logits = net(x.to(device))
+        loss = loss_fn(logits.float(), y.to(device))  # Dice sums in fp32: bf16 loses small organs
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
