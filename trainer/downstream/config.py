@@ -104,7 +104,7 @@ PRESETS = {
             dict(
                 domain="ct_abdomen",
                 labels=["liver", "kidney"],
-                steps=12,
+                steps=20,
                 feature_size=4,
                 lr=3e-3,
                 encoder_lr=3e-4,
