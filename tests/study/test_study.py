@@ -34,7 +34,7 @@ def study(tmp_path_factory):
     out = tmp_path_factory.mktemp("study") / "demo"
     cmd = [PY, "scripts/demo.py", "--out", str(out), "--domains", *DOMAINS, "--per-domain", "5",
            "--size", "40", "--pilot-samples", str(PILOT), "--evals", "4", "--final-evals", "3",
-           "--bootstrap", "3", "--workers", "1", "--no-report"]  # fmt: skip
+           "--bootstrap", "3", "--workers", "1", "--no-report", "--downstream", "no", "--min-eval", "0"]  # fmt: skip
     res = _run(cmd, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     return out, cmd, res.stdout
