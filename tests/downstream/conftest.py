@@ -4,28 +4,25 @@ from __future__ import annotations
 
 import pytest
 import torch
+from downstream_helpers import make_encoder
 
 from trainer.compare_encoders import make_phantom_set
-from trainer.config import ModelConfig
-from trainer.model import MAE3D, export_encoder
 
 
 @pytest.fixture(autouse=True)
 def _threads():
-    torch.set_num_threads(2)
+    # One thread: on a loaded 2-core machine two OpenMP threads per process spin against the other
+    # processes (measured: 30x slower steps); restore the count for the other test folders.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")
 def phantom_data(tmp_path_factory):
     """16 phantoms of 48^3 per domain -> ingested folder with labels.jsonl (the --quick set)."""
     return make_phantom_set(tmp_path_factory.mktemp("ds"), 16, 48, ["ct_abdomen", "pet_wholebody"])
-
-
-def make_encoder(path, seed: int = 0, **model) -> str:
-    """An MAE3D (reference ops) exported by the trainer's own export function."""
-    torch.manual_seed(seed)
-    export_encoder(MAE3D(ModelConfig(size="tiny", reference=True, **model)), path)
-    return str(path)
 
 
 @pytest.fixture(scope="session")

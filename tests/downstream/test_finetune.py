@@ -64,7 +64,7 @@ def _run(*args, cwd=ROOT):
 
 def test_cli_finetune_cls_and_compare(phantom_data, tiny_encoder, tmp_path):
     cfg = tmp_path / "cls.yaml"
-    cfg.write_text("cls: [{domain: pet_wholebody}, {domain: ct_abdomen}]\nthreads: 2\n")
+    cfg.write_text("cls: [{domain: pet_wholebody}, {domain: ct_abdomen}]\nthreads: 1\n")
     out = tmp_path / "r.json"
     r = _run("trainer.finetune", "--task", "cls", "--encoder", tiny_encoder, "--data", str(phantom_data),
              "--config", str(cfg), "--out", str(out))  # fmt: skip

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_encoder
+from downstream_helpers import make_encoder
 from monai.networks.nets import UNETR
 
 from trainer.config import ModelConfig

@@ -1,0 +1,1 @@
+"""Downstream validation of pretrained encoders: labels, UNETR/classifier networks, protocol, statistics."""

@@ -1,4 +1,4 @@
-"""Typed downstream configs and their presets (`quick`: the CPU demo; `default`: the full protocol)."""
+"""Typed downstream configs and their presets (`quick`: the CPU demo; `cpu_full`: `make demo-full`; `default`: the GPU protocol)."""
 
 from __future__ import annotations
 
@@ -84,7 +84,7 @@ class DownstreamConfig:
     device: str = "auto"
     """auto (CUDA when available), cpu or cuda; bf16 autocast on CUDA, fp32 on CPU."""
     threads: int = 0
-    """CPU threads (0: torch's default)."""
+    """CPU threads (0: torch's default, which follows OMP_NUM_THREADS; set 1 on a shared, loaded machine)."""
 
     def __post_init__(self):
         self.seg = [s if isinstance(s, SegConfig) else SegConfig(**s) for s in self.seg]
@@ -111,7 +111,29 @@ PRESETS = {
             )
         ],  # fmt: skip
         cls=[dict(domain="ct_abdomen"), dict(domain="pet_wholebody")],
-        threads=2,
+    ),
+    # `make demo-full` on a 2-core CPU (~10 min for two encoders x 5 seeds): both domains segmented
+    # (the island included), probes and a short full fine-tuning.
+    "cpu_full": dict(
+        seg=[
+            dict(
+                domain="ct_abdomen",
+                labels=["liver", "kidney"],
+                steps=60,
+                feature_size=4,
+                lr=3e-3,
+                encoder_lr=3e-4,
+            ),
+            dict(
+                domain="pet_wholebody",
+                labels=["liver", "kidney", "brain", "bladder"],
+                steps=60,
+                feature_size=4,
+                lr=3e-3,
+                encoder_lr=3e-4,
+            ),
+        ],  # fmt: skip
+        cls=[dict(domain="ct_abdomen", finetune_steps=20), dict(domain="pet_wholebody", finetune_steps=20)],
     ),
     "default": dict(
         seg=[
@@ -127,7 +149,7 @@ PRESETS = {
 
 
 def load_config(name_or_path: str) -> DownstreamConfig:
-    """A preset name (`quick`, `default`) or a YAML file with the fields of `DownstreamConfig`."""
+    """A preset name (`quick`, `cpu_full`, `default`) or a YAML file with the fields of `DownstreamConfig`."""
     if name_or_path in PRESETS:
         return DownstreamConfig(**PRESETS[name_or_path])
     path = Path(name_or_path)
