@@ -57,6 +57,10 @@ def compare(values: dict[str, dict[str, list[float]]], *, level: float, alpha: f
         for n in names[1:]:
             a, b = values[base][metric], values[n][metric]
             pairs = [(x, y) for x, y in zip(a, b) if math.isfinite(x) and math.isfinite(y)]
+            if not pairs:  # e.g. a label absent from every validation volume: Dice is nan everywhere
+                row["vs_" + base][n] = {"n": 0, "mean_diff": math.nan, "lo": math.nan, "hi": math.nan,
+                                        "t": math.nan, "p_t": math.nan, "p_wilcoxon": None, "significant": False}  # fmt: skip
+                continue
             pt = paired_test([x for x, _ in pairs], [y for _, y in pairs], level, wilcoxon)
             p_use = pt.p_wilcoxon if wilcoxon else pt.p_t
             row["vs_" + base][n] = {**pt.__dict__, "significant": bool(p_use is not None and p_use < alpha)}
@@ -78,7 +82,7 @@ def format_table(table: dict, names: list[str], level: float, wilcoxon: bool) ->
     lines.append(f"paired across seeds, {int(level * 100)}% CI of the difference to {base}:")
     for metric, row in table.items():
         for n, d in row["vs_" + base].items():
-            pw = f"  p_wilcoxon={d['p_wilcoxon']:.3g}" if wilcoxon else ""
+            pw = f"  p_wilcoxon={d['p_wilcoxon']:.3g}" if wilcoxon and d["p_wilcoxon"] is not None else ""
             star = "  significant" if d["significant"] else ""
             lines.append(
                 f"  {metric:<{w}} {n} - {base}: {d['mean_diff']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]"

@@ -73,3 +73,12 @@ def test_comparison_table_statistics():
     assert d["significant"] == (ref.pvalue < 0.05)
     text = format_table(table, ["prop", "transfer"], 0.95, False)
     assert f"{np.mean(B):.3f}" in text and f"p_t={ref.pvalue:.3g}" in text
+
+
+def test_comparison_with_nan_metric():
+    """A metric that is nan for every seed (a label missing from validation) is reported, not a crash."""
+    nan = float("nan")
+    table = compare({"a": {"m": [nan, nan]}, "b": {"m": [nan, nan]}}, level=0.95, alpha=0.05, wilcoxon=True)
+    d = table["m"]["vs_a"]["b"]
+    assert d["n"] == 0 and math.isnan(d["p_t"]) and not d["significant"]
+    assert "b - a" in format_table(table, ["a", "b"], 0.95, True)
