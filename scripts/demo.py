@@ -201,6 +201,8 @@ def downstream(a, out: Path, st: Stages, encs: list[Path]) -> None:
         "--names",
         "proportional,transfer_aware",
         "--quick",
+        "--seeds",
+        str(a.downstream_seeds),
         "--phantoms",
         str(out / "downstream"),
         "--out",
@@ -250,10 +252,11 @@ def parse_args(argv=None):
         default="auto",
         help="fine-tune both final encoders with `trainer.compare_encoders --quick` (auto: if time allows)",
     )
+    p.add_argument("--downstream-seeds", type=int, default=2, help="seeds of the downstream comparison")
     p.add_argument(
         "--time-budget",
         type=float,
-        default=420.0,
+        default=300.0,
         help="auto: run the downstream step only if the demo took less (s)",
     )
     return p.parse_args(argv)
