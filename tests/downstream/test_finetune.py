@@ -28,15 +28,15 @@ def test_dice_per_label_closed_form():
 
 
 def test_short_finetune_improves_dice(phantom_data, tiny_encoder):
-    cfg = SegConfig(domain="ct_abdomen", labels=["liver"], steps=60, batch_size=2, feature_size=4, lr=3e-3,
-                    encoder_lr=3e-4)  # fmt: skip
+    cfg = SegConfig(domain="ct_abdomen", labels=["liver"], steps=60, batch_size=2, feature_size=4, lr=1e-3,
+                    encoder_lr=1e-4)  # fmt: skip
     blob = load_encoder(tiny_encoder)
     val = [c for c in load_cases(phantom_data, "ct_abdomen", cfg.labels) if c.split == "val"]
     torch.manual_seed(0)  # run_seg seeds the same way: this is its network before the first step
     untrained = evaluate_seg(build_segmenter(blob, 2, feature_size=4), val, cfg, 32, torch.device("cpu"))
     trained = run_seg(blob, cfg, phantom_data, seed=0, pretrained=True, device=torch.device("cpu"))
     assert trained["val_volumes"] == len(val) >= 2
-    assert trained["dice"]["liver"] > untrained["dice"]["liver"] + 0.15, (untrained, trained)
+    assert trained["dice"]["liver"] > untrained["dice"]["liver"] + 0.1, (untrained, trained)
 
 
 def test_linear_probe_separates_lesions_on_pet(phantom_data, tiny_encoder):
@@ -122,15 +122,15 @@ def test_cli_errors_name_the_problem(phantom_data, tiny_encoder, tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_short_finetune_on_gpu_bf16(phantom_data, tiny_encoder):
     """GPU twin of test_short_finetune_improves_dice: the bf16 autocast path trains and evaluates."""
-    cfg = SegConfig(domain="ct_abdomen", labels=["liver"], steps=60, batch_size=2, feature_size=4, lr=3e-3,
-                    encoder_lr=3e-4)  # fmt: skip
+    cfg = SegConfig(domain="ct_abdomen", labels=["liver"], steps=60, batch_size=2, feature_size=4, lr=1e-3,
+                    encoder_lr=1e-4)  # fmt: skip
     blob = load_encoder(tiny_encoder)
     val = [c for c in load_cases(phantom_data, "ct_abdomen", cfg.labels) if c.split == "val"]
     torch.manual_seed(0)
     dev = torch.device("cuda")
     untrained = evaluate_seg(build_segmenter(blob, 2, feature_size=4).to(dev), val, cfg, 32, dev)
     trained = run_seg(blob, cfg, phantom_data, seed=0, pretrained=True, device=dev)
-    assert trained["dice"]["liver"] > untrained["dice"]["liver"] + 0.15, (untrained, trained)
+    assert trained["dice"]["liver"] > untrained["dice"]["liver"] + 0.1, (untrained, trained)
     res = run_cls(blob, ClsConfig(domain="pet_wholebody", finetune_steps=2, batch_size=2), phantom_data, seed=0,
                   pretrained=True, device=dev)  # fmt: skip
     assert 0 <= res["finetune"]["auroc"] <= 1

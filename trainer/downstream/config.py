@@ -98,6 +98,8 @@ class DownstreamConfig:
 
 # ct_abdomen shares its anatomy with mri_abdomen and ct_chest; pet_wholebody is the island of the
 # phantom transfer structure (configs/truth_5domains.json: it neither gives nor takes).
+# Learning rates stay at the defaults (1e-3 decoder, 1e-4 encoder): at 3e-3 the tiny UNETR collapsed
+# to all-background within 40 steps on ct_abdomen (training loss still falling, Dice 0).
 PRESETS = {
     "quick": dict(
         seg=[
@@ -106,8 +108,6 @@ PRESETS = {
                 labels=["liver", "kidney"],
                 steps=20,
                 feature_size=4,
-                lr=3e-3,
-                encoder_lr=3e-4,
             )
         ],  # fmt: skip
         cls=[dict(domain="ct_abdomen"), dict(domain="pet_wholebody")],
@@ -121,16 +121,12 @@ PRESETS = {
                 labels=["liver", "kidney"],
                 steps=60,
                 feature_size=4,
-                lr=3e-3,
-                encoder_lr=3e-4,
             ),
             dict(
                 domain="pet_wholebody",
                 labels=["liver", "kidney", "brain", "bladder"],
                 steps=60,
                 feature_size=4,
-                lr=3e-3,
-                encoder_lr=3e-4,
             ),
         ],  # fmt: skip
         cls=[dict(domain="ct_abdomen", finetune_steps=20), dict(domain="pet_wholebody", finetune_steps=20)],
