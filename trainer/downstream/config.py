@@ -106,30 +106,30 @@ PRESETS = {
             dict(
                 domain="ct_abdomen",
                 labels=["liver", "kidney"],
-                steps=20,
+                steps=40,
                 feature_size=4,
             )
         ],  # fmt: skip
         cls=[dict(domain="ct_abdomen"), dict(domain="pet_wholebody")],
     ),
-    # `make demo-full` on a 2-core CPU (~10 min for two encoders x 5 seeds): both domains segmented
+    # `make demo-full` on a 2-core CPU (~5 min calm for two encoders + scratch x 5 seeds): both domains segmented
     # (the island included), probes and a short full fine-tuning.
     "cpu_full": dict(
         seg=[
             dict(
                 domain="ct_abdomen",
                 labels=["liver", "kidney"],
-                steps=60,
+                steps=150,
                 feature_size=4,
             ),
             dict(
                 domain="pet_wholebody",
                 labels=["liver", "kidney", "brain", "bladder"],
-                steps=60,
+                steps=150,
                 feature_size=4,
             ),
         ],  # fmt: skip
-        cls=[dict(domain="ct_abdomen", finetune_steps=20), dict(domain="pet_wholebody", finetune_steps=20)],
+        cls=[dict(domain="ct_abdomen", finetune_steps=40), dict(domain="pet_wholebody", finetune_steps=40)],
     ),
     "default": dict(
         seg=[
