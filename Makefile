@@ -9,7 +9,7 @@ TORCH_VERSION  ?= 2.13.0
 TORCH_PIP_ARGS ?=
 HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
 
-.PHONY: setup test demo lint format bench clean
+.PHONY: setup test demo demo-full lint format bench clean
 
 setup: $(STAMP)
 
@@ -29,6 +29,13 @@ test: setup
 demo: setup
 	$(PY) scripts/demo.py
 
+# The demo, then the full downstream protocol (5 seeds, scratch control): about 6 more minutes on 2 cores.
+demo-full: setup
+	$(PY) scripts/demo.py --downstream no
+	$(PY) -m trainer.compare_encoders demo/final/final-proportional/encoder.pt \
+	  demo/final/final-transfer_aware/encoder.pt --names proportional,transfer_aware --config cpu_full \
+	  --seeds 5 --scratch --phantoms demo/downstream --out demo/downstream/comparison_full.json
+
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -39,6 +46,11 @@ format: setup
 
 bench: setup
 	$(PY) benchmarks/bench_lawfit.py
+	$(PY) benchmarks/bench_loader.py --quick
+	$(PY) benchmarks/bench_patch_embed.py --threads 1
+	$(PY) benchmarks/bench_mae_loss.py --threads 1
+	$(PY) benchmarks/bench_attention.py --threads 1
+	$(PY) benchmarks/bench_train.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
