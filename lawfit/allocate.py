@@ -325,25 +325,48 @@ def allocate(
     return out
 
 
+WEIGHT_TOL = 1e-6
+
+
+def is_integral(x) -> bool:
+    if isinstance(x, bool):
+        return False
+    return isinstance(x, int) or (isinstance(x, float) and np.isfinite(x) and x == int(x))
+
+
 def validate_allocation(obj, where: str) -> dict:
-    """Check an allocation file: format, weights summing to 1, integer samples summing to the budget."""
-    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
-        raise LawfitError(f"{where}: field 'format': expected '{FORMAT}'")
+    """Check the parts of `voxmix.allocation/1` every reader relies on (the trainer's reader calls this
+    too): format, integer `budget.samples`, per-domain `weight` (finite, >= 0, summing to 1) and `samples`
+    (integers >= 0 summing to the budget). Returns `obj` unchanged."""
+    if not isinstance(obj, dict):
+        raise LawfitError(f"{where}: expected a JSON object")
+    if obj.get("format") != FORMAT:
+        raise LawfitError(f"{where}: field 'format' must be {FORMAT!r}, got {obj.get('format')!r}")
+    budget = obj.get("budget")
+    if not isinstance(budget, dict) or "samples" not in budget:
+        raise LawfitError(f"{where}: field 'budget.samples' is missing")
+    total = budget["samples"]
+    if not is_integral(total) or total < 0:
+        raise LawfitError(f"{where}: field 'budget.samples' must be an integer >= 0, got {total!r}")
     doms = obj.get("domains")
     if not isinstance(doms, dict) or not doms:
-        raise LawfitError(f"{where}: field 'domains': expected a non-empty object")
-    ws, ns = [], []
-    for d, e in doms.items():
-        w, n = (e or {}).get("weight"), (e or {}).get("samples")
-        if isinstance(w, bool) or not isinstance(w, (int, float)) or not (w >= 0):
-            raise LawfitError(f"{where}: field 'domains.{d}.weight': expected a number >= 0, got {w!r}")
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise LawfitError(f"{where}: field 'domains.{d}.samples': expected an integer >= 0, got {n!r}")
-        ws.append(w)
-        ns.append(n)
-    if abs(sum(ws) - 1) > 1e-6:
-        raise LawfitError(f"{where}: field 'domains.*.weight': weights sum to {sum(ws)}, not 1")
-    b = (obj.get("budget") or {}).get("samples")
-    if b is not None and b != sum(ns):
-        raise LawfitError(f"{where}: field 'budget.samples': {b} but domains' samples sum to {sum(ns)}")
+        raise LawfitError(f"{where}: field 'domains' must be a non-empty object")
+    wsum, nsum = 0.0, 0
+    for name in sorted(doms):
+        entry = doms[name]
+        if not isinstance(entry, dict):
+            raise LawfitError(f"{where}: domain {name!r}: expected an object with weight and samples")
+        w, n = entry.get("weight"), entry.get("samples")
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not np.isfinite(w) or w < 0:
+            raise LawfitError(f"{where}: domain {name!r}: field 'weight' must be finite and >= 0, got {w!r}")
+        if not is_integral(n) or n < 0:
+            raise LawfitError(f"{where}: domain {name!r}: field 'samples' must be an integer >= 0, got {n!r}")
+        wsum += w
+        nsum += int(n)
+    if abs(wsum - 1.0) > WEIGHT_TOL:
+        raise LawfitError(f"{where}: field 'domains.*.weight' must sum to 1 (tolerance 1e-6), got {wsum!r}")
+    if nsum != int(total):
+        raise LawfitError(
+            f"{where}: field 'domains.*.samples' sums to {nsum}, but 'budget.samples' is {int(total)}"
+        )
     return obj

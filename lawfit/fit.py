@@ -161,6 +161,7 @@ def fit_target(
     hi = np.array([b[1] for b in bounds])
     args = (form, prob, cfg.huber_delta, cfg.d0, ref)
     starts = init if init is not None else _grid_starts(form, prob, others, cfg.d0, ref)
+    n_starts = len(starts)
     starts = [np.clip(s, lo, hi) for s in starts]
     if len(starts) > N_REFINE:
         # Screening by the objective at the start is nearly free; the best few go to convergence.
@@ -198,7 +199,7 @@ def fit_target(
         rmse_log=rmse,
         n_points=n,
         converged=bool(best.success),
-        starts=len(init) if init else len(_grid_starts(form, prob, others, cfg.d0, ref)),
+        starts=n_starts,
     )
 
 

@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .manifest import Manifest
+from lawfit.allocate import FORMAT, is_integral
+from lawfit.allocate import validate_allocation as check_format
+from lawfit.errors import LawfitError
 
-FORMAT = "voxmix.allocation/1"
-WEIGHT_TOL = 1e-6
+from .manifest import Manifest
 
 
 class AllocationError(ValueError):
@@ -48,61 +49,21 @@ class Allocation:
         }
 
 
-def _is_int(x: Any) -> bool:
-    if isinstance(x, bool):
-        return False
-    if isinstance(x, int):
-        return True
-    return isinstance(x, float) and math.isfinite(x) and x == int(x)
-
-
 def parse_allocation(obj: Any, source: str = "<memory>") -> Allocation:
-    """Validate a decoded `voxmix.allocation/1` object."""
-    where = source
-    if not isinstance(obj, dict):
-        raise AllocationError(f"{where}: expected a JSON object")
-    if obj.get("format") != FORMAT:
-        raise AllocationError(f"{where}: field 'format' must be {FORMAT!r}, got {obj.get('format')!r}")
-    budget = obj.get("budget")
-    if not isinstance(budget, dict) or "samples" not in budget:
-        raise AllocationError(f"{where}: field 'budget.samples' is missing")
-    total = budget["samples"]
-    if not _is_int(total) or total < 0:
-        raise AllocationError(f"{where}: field 'budget.samples' must be an integer >= 0, got {total!r}")
-    doms = obj.get("domains")
-    if not isinstance(doms, dict) or not doms:
-        raise AllocationError(f"{where}: field 'domains' must be a non-empty object")
-    weights: dict[str, float] = {}
-    samples: dict[str, int] = {}
-    for name in sorted(doms):
-        entry = doms[name]
-        if not isinstance(entry, dict):
-            raise AllocationError(f"{where}: domain {name!r}: expected an object with weight and samples")
-        w = entry.get("weight")
-        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
-            raise AllocationError(
-                f"{where}: domain {name!r}: field 'weight' must be finite and >= 0, got {w!r}"
-            )
-        n = entry.get("samples")
-        if not _is_int(n) or n < 0:
-            raise AllocationError(
-                f"{where}: domain {name!r}: field 'samples' must be an integer >= 0, got {n!r}"
-            )
-        weights[name] = float(w)
-        samples[name] = int(n)
-    wsum = math.fsum(weights.values())
-    if abs(wsum - 1.0) > WEIGHT_TOL:
-        raise AllocationError(
-            f"{where}: field 'domains.*.weight' must sum to 1 (tolerance 1e-6), got {wsum!r}"
-        )
-    if sum(samples.values()) != int(total):
-        raise AllocationError(
-            f"{where}: field 'domains.*.samples' sums to {sum(samples.values())}, "
-            f"but 'budget.samples' is {int(total)}"
-        )
+    """Validate a decoded `voxmix.allocation/1` object (the checks live with its writer, lawfit)."""
+    try:
+        check_format(obj, source)
+    except LawfitError as exc:
+        raise AllocationError(str(exc)) from None
+    doms = obj["domains"]
     extra = {k: v for k, v in obj.items() if k not in ("format", "domains")}
     return Allocation(
-        domains=sorted(doms), weights=weights, samples=samples, total=int(total), source=source, extra=extra
+        domains=sorted(doms),
+        weights={d: float(doms[d]["weight"]) for d in sorted(doms)},
+        samples={d: int(doms[d]["samples"]) for d in sorted(doms)},
+        total=int(obj["budget"]["samples"]),
+        source=source,
+        extra=extra,
     )
 
 
@@ -123,7 +84,7 @@ def make_allocation(weights: dict[str, float], total: int) -> Allocation:
     For tests, sweeps and single-domain pilots that have no `allocation.json`; `lawfit allocate` is the
     normal producer.
     """
-    if not _is_int(total) or total < 0:
+    if not is_integral(total) or total < 0:
         raise AllocationError(f"total must be an integer >= 0, got {total!r}")
     wsum = math.fsum(weights.values())
     if not weights or not math.isfinite(wsum) or wsum <= 0:
