@@ -315,7 +315,7 @@ def allocate(
             ]
         out["baselines"][name] = e
     if boots:
-        iv = laws.predict_interval(samples.astype(float)[None])
+        iv = laws.predict_interval(samples.astype(float)[None], boots=boots)
         out["predicted_loss_interval"] = {
             d: [float(iv[0][0, j]), float(iv[1][0, j])] for j, d in enumerate(doms)
         }

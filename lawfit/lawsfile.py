@@ -66,9 +66,10 @@ class Laws:
             for b in range(n)
         ]
 
-    def predict_interval(self, D: np.ndarray, level: float | None = None):
-        """(lo, hi) of the predicted losses at rows D over the bootstrap laws, or None without them."""
-        boots = self.bootstrap_targets()
+    def predict_interval(self, D: np.ndarray, level: float | None = None, boots: list | None = None):
+        """(lo, hi) of the predicted losses at rows D over the bootstrap laws, or None without them.
+        Pass `boots` (from `bootstrap_targets()`) when calling repeatedly, to unpack them once."""
+        boots = self.bootstrap_targets() if boots is None else boots
         if not boots:
             return None
         level = level or self.uncertainty.get("level", 0.9)

@@ -48,6 +48,7 @@ def fig_fit_curves(laws: Laws, path: Path) -> Path | None:
         rows, cols, figsize=(4.6 * cols, 3.6 * rows), squeeze=False, constrained_layout=True
     )
     cmap = plt.get_cmap("tab20")
+    boots = laws.bootstrap_targets()  # unpacked once, used for every run's band
     for t, d in enumerate(laws.domains):
         ax = axes[t // cols][t % cols]
         for r in range(len(run_ids)):
@@ -63,7 +64,7 @@ def fig_fit_curves(laws: Laws, path: Path) -> Path | None:
             frac = D[rows_r[order[-1]]] / max(tot.max(), 1)
             Dg = grid[:, None] * frac[None, :]
             ax.plot(grid, laws.predict(Dg)[:, t], "-", lw=1, color=color)
-            iv = laws.predict_interval(Dg)
+            iv = laws.predict_interval(Dg, boots=boots)
             if iv is not None:
                 ax.fill_between(grid, iv[0][:, t], iv[1][:, t], color=color, alpha=0.15, lw=0)
         ax.set_xscale("log")
