@@ -201,6 +201,7 @@ def downstream(a, out: Path, st: Stages, encs: list[Path]) -> None:
         "--names",
         "proportional,transfer_aware",
         "--quick",
+        "--scratch",  # the control: a random encoder of the same architecture
         "--seeds",
         str(a.downstream_seeds),
         "--phantoms",

@@ -27,7 +27,7 @@ from trainer.downstream.stats import paired_test, t_interval
 from trainer.downstream.tasks import run_protocol
 
 FORMAT = "voxmix.comparison/1"
-QUICK = {"config": "quick", "seeds": 3, "per_domain": 16, "size": 48}
+QUICK = {"config": "quick", "seeds": 3, "per_domain": 32, "size": 48}
 
 
 def flatten(results: dict) -> dict[str, float]:

@@ -107,7 +107,7 @@ PRESETS = {
                 domain="ct_abdomen",
                 labels=["liver", "kidney"],
                 steps=40,
-                feature_size=4,
+                feature_size=8,
             )
         ],  # fmt: skip
         cls=[dict(domain="ct_abdomen"), dict(domain="pet_wholebody")],
@@ -120,13 +120,13 @@ PRESETS = {
                 domain="ct_abdomen",
                 labels=["liver", "kidney"],
                 steps=150,
-                feature_size=4,
+                feature_size=8,
             ),
             dict(
                 domain="pet_wholebody",
                 labels=["liver", "kidney", "brain", "bladder"],
                 steps=150,
-                feature_size=4,
+                feature_size=8,
             ),
         ],  # fmt: skip
         cls=[dict(domain="ct_abdomen", finetune_steps=40), dict(domain="pet_wholebody", finetune_steps=40)],
