@@ -253,7 +253,12 @@ def parse_args(argv=None):
         default="auto",
         help="fine-tune both final encoders with `trainer.compare_encoders --quick` (auto: if time allows)",
     )
-    p.add_argument("--downstream-seeds", type=int, default=3, help="seeds of the downstream comparison (3: the paired test needs >= 2 degrees of freedom)")
+    p.add_argument(
+        "--downstream-seeds",
+        type=int,
+        default=3,
+        help="seeds of the downstream comparison (3: the paired test needs >= 2 degrees of freedom)",
+    )
     p.add_argument(
         "--time-budget",
         type=float,

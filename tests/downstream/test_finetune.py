@@ -44,7 +44,9 @@ def test_short_finetune_segments_the_island_domain(phantom_data, tiny_encoder):
     feature_size 4 (and 6); at 8, 80 steps find the brain and the mean Dice leaves 0."""
     cfg = SegConfig(domain="pet_wholebody", labels=["liver", "kidney", "brain", "bladder"], steps=80,
                     feature_size=8)  # fmt: skip
-    res = run_seg(load_encoder(tiny_encoder), cfg, phantom_data, seed=0, pretrained=True, device=torch.device("cpu"))
+    res = run_seg(
+        load_encoder(tiny_encoder), cfg, phantom_data, seed=0, pretrained=True, device=torch.device("cpu")
+    )
     assert res["dice"]["brain"] > 0.5 and res["dice_mean"] > 0.15, res
 
 
