@@ -2,14 +2,15 @@
 
     python -m trainer.compare_encoders A/encoder.pt B/encoder.pt [...] --data DIR
         [--config quick|default|FILE.yaml] [--seeds 3] [--names prop,transfer] [--scratch]
-        [--wilcoxon] [--level 0.95] [--alpha 0.05] [--out comparison.json]
+        [--wilcoxon] [--correction holm|none] [--level 0.95] [--alpha 0.05] [--out comparison.json]
     python -m trainer.compare_encoders A B --quick --phantoms WORKDIR   # the demo's 2-core setting
 
 Every encoder runs the protocol once per seed with identical crops, folds and head initializations, so
 results pair by seed. The table gives each metric's mean and t confidence interval per encoder, and each
 encoder's difference to the first one (the baseline) with a paired t-test across seeds (and Wilcoxon
-signed-rank with `--wilcoxon`). `--phantoms WORKDIR` makes a labelled phantom set there first (or reuses
-it). Exit 0 done, 1 failed.
+signed-rank with `--wilcoxon`). A table tests every metric against every encoder, so "significant" is
+decided on Holm-adjusted p-values over all those tests (`--correction none`: per test).
+`--phantoms WORKDIR` makes a labelled phantom set there first (or reuses it). Exit 0 done, 1 failed.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 from lawfit.io import atomic_write_json
 from trainer.downstream.config import load_config
 from trainer.downstream.models import load_encoder
-from trainer.downstream.stats import paired_test, t_interval
+from trainer.downstream.stats import holm, paired_test, t_interval
 from trainer.downstream.tasks import run_protocol
 
 FORMAT = "voxmix.comparison/1"
@@ -44,8 +45,15 @@ def flatten(results: dict) -> dict[str, float]:
     return out
 
 
-def compare(values: dict[str, dict[str, list[float]]], *, level: float, alpha: float, wilcoxon: bool) -> dict:
-    """values[encoder][metric] = per-seed list (same seed order for every encoder) -> the table as JSON."""
+def compare(values: dict[str, dict[str, list[float]]], *, level: float, alpha: float, wilcoxon: bool,
+            correction: str = "holm") -> dict:  # fmt: skip
+    """values[encoder][metric] = per-seed list (same seed order for every encoder) -> the table as JSON.
+
+    `correction="holm"`: `significant` compares the Holm-adjusted p-value (over every metric x encoder
+    test of the table, `p_adj`) with `alpha`; "none": the test's own p-value.
+    """
+    if correction not in ("holm", "none"):
+        raise ValueError(f"correction={correction!r}: choose holm or none")
     names = list(values)
     base = names[0]
     table = {}
@@ -59,16 +67,24 @@ def compare(values: dict[str, dict[str, list[float]]], *, level: float, alpha: f
             pairs = [(x, y) for x, y in zip(a, b) if math.isfinite(x) and math.isfinite(y)]
             if not pairs:  # e.g. a label absent from every validation volume: Dice is nan everywhere
                 row["vs_" + base][n] = {"n": 0, "mean_diff": math.nan, "lo": math.nan, "hi": math.nan,
-                                        "t": math.nan, "p_t": math.nan, "p_wilcoxon": None, "significant": False}  # fmt: skip
+                                        "t": math.nan, "p_t": math.nan, "p_wilcoxon": None}  # fmt: skip
                 continue
             pt = paired_test([x for x, _ in pairs], [y for _, y in pairs], level, wilcoxon)
-            p_use = pt.p_wilcoxon if wilcoxon else pt.p_t
-            row["vs_" + base][n] = {**pt.__dict__, "significant": bool(p_use is not None and p_use < alpha)}
+            row["vs_" + base][n] = dict(pt.__dict__)
         table[metric] = row
+    tests = [d for row in table.values() for d in row["vs_" + base].values()]
+    raw = [(d["p_wilcoxon"] if wilcoxon else d["p_t"]) for d in tests]
+    raw = [math.nan if p is None else p for p in raw]
+    adj = holm(raw) if correction == "holm" else raw
+    for d, p in zip(tests, adj):
+        d["p_adj"] = p
+        d["significant"] = bool(math.isfinite(p) and p < alpha)
     return table
 
 
-def format_table(table: dict, names: list[str], level: float, wilcoxon: bool) -> str:
+def format_table(
+    table: dict, names: list[str], level: float, wilcoxon: bool, correction: str = "holm"
+) -> str:
     base = names[0]
     w = max([len(m) for m in table] + [10])
     lines = [f"{'metric':<{w}}  " + "  ".join(f"{n:>26}" for n in names)]
@@ -79,10 +95,19 @@ def format_table(table: dict, names: list[str], level: float, wilcoxon: bool) ->
             cells.append(f"{e['mean']:.3f} [{e['lo']:.3f}, {e['hi']:.3f}]".rjust(26))
         lines.append(f"{metric:<{w}}  " + "  ".join(cells))
     lines.append("")
-    lines.append(f"paired across seeds, {int(level * 100)}% CI of the difference to {base}:")
+    how = (
+        f"Holm-adjusted over {sum(len(r['vs_' + base]) for r in table.values())} tests"
+        if correction == "holm"
+        else "uncorrected"
+    )
+    lines.append(
+        f"paired across seeds, {int(level * 100)}% CI of the difference to {base} (significance {how}):"
+    )
     for metric, row in table.items():
         for n, d in row["vs_" + base].items():
             pw = f"  p_wilcoxon={d['p_wilcoxon']:.3g}" if wilcoxon and d["p_wilcoxon"] is not None else ""
+            if correction == "holm":
+                pw += f"  p_holm={d['p_adj']:.3g}"
             star = "  significant" if d["significant"] else ""
             lines.append(
                 f"  {metric:<{w}} {n} - {base}: {d['mean_diff']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]"
@@ -123,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--names", help="comma-separated display names (default: the parent folder names)")
     p.add_argument("--scratch", action="store_true", help="add a randomly initialized encoder (control)")
     p.add_argument("--wilcoxon", action="store_true", help="decide significance by Wilcoxon signed-rank")
+    p.add_argument("--correction", choices=["holm", "none"], default="holm",
+                   help="multiple-testing correction of the significance decision (default holm)")  # fmt: skip
     p.add_argument("--level", type=float, default=0.95)
     p.add_argument("--alpha", type=float, default=0.05)
     p.add_argument("--out", help="write the comparison as JSON here")
@@ -169,12 +196,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     order = [n for n, _, _ in runs]
-    table = compare(values, level=a.level, alpha=a.alpha, wilcoxon=a.wilcoxon)
-    print(format_table(table, order, a.level, a.wilcoxon))
+    table = compare(values, level=a.level, alpha=a.alpha, wilcoxon=a.wilcoxon, correction=a.correction)
+    print(format_table(table, order, a.level, a.wilcoxon, a.correction))
     print(f"({seeds} seeds, config {config}, {time.perf_counter() - t0:.0f} s)")
     if a.out:
         atomic_write_json(a.out, {"format": FORMAT, "encoders": dict(zip(names, a.encoders)), "seeds": seeds,
-                                  "config": cfg.to_json(), "level": a.level, "alpha": a.alpha, "table": table})  # fmt: skip
+                                  "config": cfg.to_json(), "level": a.level, "alpha": a.alpha,
+                                  "correction": a.correction, "table": table})  # fmt: skip
     return 0
 
 

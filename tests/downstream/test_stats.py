@@ -10,7 +10,7 @@ import pytest
 from scipy import stats as st
 
 from trainer.compare_encoders import compare, format_table
-from trainer.downstream.stats import auroc, paired_test, t_interval
+from trainer.downstream.stats import auroc, holm, paired_test, t_interval
 
 A = [0.712, 0.684, 0.731, 0.695, 0.702]
 B = [0.741, 0.690, 0.752, 0.731, 0.709]
@@ -82,3 +82,38 @@ def test_comparison_with_nan_metric():
     d = table["m"]["vs_a"]["b"]
     assert d["n"] == 0 and math.isnan(d["p_t"]) and not d["significant"]
     assert "b - a" in format_table(table, ["a", "b"], 0.95, True)
+
+
+def test_holm_closed_form():
+    # sorted 0.005, 0.01, 0.03, 0.04 -> x4, x3, x2, x1 = 0.02, 0.03, 0.06, 0.04 -> running max 0.06.
+    nan = float("nan")
+    adj = holm([0.01, 0.04, nan, 0.03, 0.005])
+    assert adj[:2] + adj[3:] == pytest.approx([0.03, 0.06, 0.06, 0.02], rel=1e-12) and math.isnan(adj[2])
+    p = np.random.default_rng(1).random(12) ** 3
+    h = np.array(holm(p))
+    assert np.all(h >= p) and np.all(h <= np.minimum(1, len(p) * p) + 1e-15)  # between raw and Bonferroni
+    assert np.all(np.diff(h[np.argsort(p)]) >= 0)  # order of the raw p-values kept
+
+
+def test_comparison_significance_is_holm_corrected_over_the_table():
+    rng = np.random.default_rng(3)
+    values = {"a": {}, "b": {}, "c": {}}
+    for m in range(5):
+        base = rng.normal(size=5)
+        values["a"][f"m{m}"] = list(base)
+        values["b"][f"m{m}"] = list(base + 0.3 * m + rng.normal(0, 0.2, 5))
+        values["c"][f"m{m}"] = list(base + rng.normal(0, 0.2, 5))
+    raw = [
+        st.ttest_rel(values[n][f"m{m}"], values["a"][f"m{m}"]).pvalue for m in range(5) for n in ("b", "c")
+    ]
+    ref = np.minimum(1, np.maximum.accumulate(np.sort(raw) * (10 - np.arange(10))))[
+        np.argsort(np.argsort(raw))
+    ]
+    for corr, want in (("holm", ref), ("none", np.array(raw))):
+        table = compare(values, level=0.95, alpha=0.05, wilcoxon=False, correction=corr)
+        got = [table[f"m{m}"]["vs_a"][n] for m in range(5) for n in ("b", "c")]
+        assert [d["p_adj"] for d in got] == pytest.approx(list(want), rel=1e-10)
+        assert [d["significant"] for d in got] == list(want < 0.05)
+    assert (np.array(raw) < 0.05).sum() > (ref < 0.05).sum() >= 1  # the correction changes decisions here
+    with pytest.raises(ValueError, match="correction"):
+        compare(values, level=0.95, alpha=0.05, wilcoxon=False, correction="bh")

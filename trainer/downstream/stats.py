@@ -1,4 +1,4 @@
-"""Statistics of seed-paired comparisons: t-intervals, paired t-test, Wilcoxon signed-rank, AUROC.
+"""Statistics of seed-paired comparisons: t-intervals, paired t-test, Wilcoxon signed-rank, Holm, AUROC.
 
 Closed forms are written out here (scipy supplies only the t distribution and, for Wilcoxon, the exact
 null distribution) so that tests can check them against scipy's own routines.
@@ -71,6 +71,23 @@ def paired_test(a, b, level: float = 0.95, wilcoxon: bool = False) -> PairedTest
     if wilcoxon:
         pw = float(st.wilcoxon(d).pvalue) if n >= 1 and np.any(d != 0) else 1.0
     return PairedTest(n, ci.mean, ci.lo, ci.hi, t, p, pw)
+
+
+def holm(pvalues) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (family-wise error control over all tests of a table).
+
+    Sorted ascending, p_(i) is multiplied by (m - i) (i from 0), then made non-decreasing by a running
+    maximum and clipped at 1. nan p-values (untestable comparisons) stay nan and do not count in m.
+    """
+    p = np.asarray(pvalues, dtype=np.float64)
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    m = len(ok)
+    if m:
+        order = ok[np.argsort(p[ok], kind="stable")]
+        adj = np.maximum.accumulate(p[order] * (m - np.arange(m)))
+        out[order] = np.minimum(adj, 1.0)
+    return [float(v) for v in out]
 
 
 def auroc(scores, labels) -> float:
