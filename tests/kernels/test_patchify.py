@@ -32,6 +32,40 @@ def test_cpp_patchify_roundtrip(shape, patch, dtype):
     assert torch.equal(unpatchify_ref(p, patch, shape), x)
 
 
+# Outputs of at least 12 MiB take the large-volume path of csrc/patchify/patchify_cpu.cpp (kStreamBytes):
+# streaming stores, a prefetch one patch ahead, unpatchify in volume order. Odd sides and patches whose
+# W-runs are 16, 32 and 64 B (streamed) and 12 B (too short to stream: plain stores).
+STREAM_BYTES = 12 << 20
+LARGE = [
+    ((1, 3, 45, 140, 176), (5, 7, 16), torch.float32),
+    ((1, 2, 60, 140, 400), (3, 7, 8), torch.bfloat16),
+    ((2, 1, 54, 130, 480), (6, 5, 16), torch.float16),
+    ((1, 3, 45, 140, 177), (5, 7, 3), torch.float32),
+]
+
+
+@pytest.mark.parametrize("shape,patch,dtype", LARGE)
+def test_cpp_patchify_large_volumes(shape, patch, dtype):
+    x = torch.randn(shape, dtype=torch.float32).to(dtype)
+    assert x.nbytes >= STREAM_BYTES  # else this test would not reach the streaming path
+    p = _ext.ext().patchify_cpu(x, *patch)
+    ref = patchify_ref(x, patch)
+    assert torch.equal(p, ref), f"first bad index {(p != ref).nonzero()[0].tolist()}"
+    back = _ext.ext().unpatchify_cpu(p, *patch, *shape[1:])
+    assert torch.equal(back, x), f"first bad index {(back != x).nonzero()[0].tolist()}"
+
+
+def test_cpp_patchify_large_non_contiguous():
+    base = torch.randn(1, 176, 3, 45, 140)
+    x = base.permute(0, 2, 3, 4, 1)  # (1, 3, 45, 140, 176), not contiguous
+    assert torch.equal(_ext.ext().patchify_cpu(x, 5, 7, 16), patchify_ref(x, (5, 7, 16)))
+    ref = patchify_ref(x, (5, 7, 16))
+    pt = torch.empty(*ref.shape[:2], 2 * ref.shape[2])[..., ::2]  # strided patches
+    pt.copy_(ref)
+    assert not pt.is_contiguous()
+    assert torch.equal(_ext.ext().unpatchify_cpu(pt, 5, 7, 16, 3, 45, 140, 176), x)
+
+
 def test_patchify_matches_conv3d_flattening():
     # Row n of the patch matrix dotted with Conv3d.weight.reshape(E, -1) is conv3d's token n.
     x = torch.randn(2, 2, 6, 4, 10, dtype=torch.float64)
