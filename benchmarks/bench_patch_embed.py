@@ -2,8 +2,9 @@
 
 GPU: the Triton kernel vs Conv3d (cuDNN) vs patchify + linear (cuBLAS), bf16, forward and forward +
 backward with the volume as data (no dx, as in training), TFLOP/s (2*M*K*E per matmul) and GB/s.
-CPU: the C++ patchify / unpatchify vs ATen's permute copy (target >= 2x), and the CPU patch
-embedding path (Conv3d for fp32, C++ patchify + linear for bf16) vs Conv3d and reshape + linear.
+CPU: the C++ patchify / unpatchify vs ATen's permute copy (target >= 2x; a clone of the volume gives
+the copy-bandwidth bound), and the CPU patch embedding path (Conv3d for fp32, C++ patchify + linear
+for bf16) vs Conv3d and reshape + linear.
 
     .venv/bin/python benchmarks/bench_patch_embed.py [--quick] [--out FILE]
 """
@@ -84,7 +85,7 @@ def bench_patchify_cpu(rec, shapes):
     table = []
     for shape in shapes:
         table += _patchify_shape(rec, mod, *shape)
-    print_table(["shape", "op", "C++ ms", "GB/s", "x vs PyTorch (target >= 2)"], table)
+    print_table(["shape", "op", "C++ ms", "GB/s", "clone GB/s", "x vs PyTorch (target >= 2)"], table)
 
 
 def _patchify_shape(rec, mod, b, c, side, p, dtype):
@@ -104,6 +105,9 @@ def _patchify_shape(rec, mod, b, c, side, p, dtype):
         t = measure(fn, device="cpu")
         ms[op, backend] = t.ms
         rec.add(config=config, backend=backend, mode=op, timing=t, gbps=gbps(nbytes, t.ms))
+    # The bound: a plain copy of the same bytes (clone = allocation + glibc memcpy, streaming stores).
+    t = measure(lambda: x.clone(), device="cpu")
+    rec.add(config=config, backend="clone", mode="copy", timing=t, gbps=gbps(nbytes, t.ms))
     for op in ("patchify", "unpatchify"):
         ratio = ms[op, "pytorch"] / ms[op, "c++"]
         rec.add(config=config, backend="c++", mode=op + ":ratio", timing=None, vs_pytorch=ratio)
@@ -113,6 +117,7 @@ def _patchify_shape(rec, mod, b, c, side, p, dtype):
                 op,
                 ms[op, "c++"],
                 gbps(nbytes, ms[op, "c++"]),
+                gbps(nbytes, t.ms),
                 ratio,
             ]
         )
