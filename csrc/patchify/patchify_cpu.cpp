@@ -10,7 +10,7 @@
 //   3x the bytes. Outputs larger than the cache are written with non-temporal (streaming) stores
 //   instead, as glibc's memcpy (and so clone()) does: 1.5 ms, at clone()'s speed; the reference takes
 //   4.0-4.4 ms (2.7-2.9x). Unpatchify streams into the volume in memory order (W-rows across the gw
-//   patches of a strip), which keeps the write stream sequential: 2.1-2.4 ms -> 1.3-1.6 ms.
+//   patches of a strip), which keeps the write stream sequential: 2.1-2.4 ms -> 1.3-1.8 ms.
 // - Allocation is not the cap: a 28 MB at::empty is reused from the heap (no page faults; only
 //   >= 32 MiB blocks go to mmap, and then both sides pay the faults alike).
 #include "patchify.h"
