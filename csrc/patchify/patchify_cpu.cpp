@@ -17,6 +17,7 @@
 
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 
@@ -90,17 +91,24 @@ inline void runs_patch_order(const Geometry& g, int64_t r, Fn fn) {
   }
 }
 
-// The same runs in volume memory order (each W-row of the strip left to right, across its gw patches).
+// The same runs in volume memory order (each W-row of the strip left to right), in column blocks of at
+// most kReadStreams patches: a block reads that many patch streams at once, and more than the hardware
+// prefetchers track (p8: 16 patches 2 KB apart) measured bimodal, 0.7-2.3 ms for 16 MB.
+constexpr int64_t kReadStreams = 8;
+
 template <typename Fn>
 inline void runs_volume_order(const Geometry& g, int64_t r, Fn fn) {
   const Strip s = strip(g, r);
   const int64_t hw = g.h * g.w, dhw = g.d * hw, ppatch = g.pd * g.ph * g.pw;
-  for (int64_t c = 0; c < g.c; ++c) {
-    for (int64_t i = 0; i < g.pd; ++i) {
-      for (int64_t j = 0; j < g.ph; ++j) {
-        const int64_t vol = s.vol + c * dhw + i * hw + j * g.w;
-        const int64_t pat = s.first_patch * g.v + c * ppatch + (i * g.ph + j) * g.pw;
-        for (int64_t xw = 0; xw < g.gw; ++xw) fn(vol + xw * g.pw, pat + xw * g.v);
+  for (int64_t x0 = 0; x0 < g.gw; x0 += kReadStreams) {
+    const int64_t x1 = std::min(g.gw, x0 + kReadStreams);
+    for (int64_t c = 0; c < g.c; ++c) {
+      for (int64_t i = 0; i < g.pd; ++i) {
+        for (int64_t j = 0; j < g.ph; ++j) {
+          const int64_t vol = s.vol + c * dhw + i * hw + j * g.w;
+          const int64_t pat = s.first_patch * g.v + c * ppatch + (i * g.ph + j) * g.pw;
+          for (int64_t xw = x0; xw < x1; ++xw) fn(vol + xw * g.pw, pat + xw * g.v);
+        }
       }
     }
   }
