@@ -148,6 +148,9 @@ void run_all(const Geometry& g, const T* src, T* dst, bool to_patches) {
         });
       } else if constexpr (STREAM) {
         runs_volume_order(g, r, [&](int64_t vol, int64_t pat) {
+          // Each patch is a read stream; running 4 lines ahead of it measured steadier than leaving
+          // the streams to the hardware prefetchers (which also compete with the other core's).
+          __builtin_prefetch(src + pat + 256 / sizeof(T), 0, 3);
           copy_run<T, PW, STREAM>(dst + vol, src + pat, g.pw);
         });
       } else {
