@@ -2,15 +2,17 @@
 // pw voxels is copied as a few vector moves (benchmarks/bench_patch_embed.py prints the ratio to
 // ATen's permute copy, the reference `patchify_ref`).
 //
-// Where the time went (8x1x96^3 fp32, p16, 1 thread, quiet Zen 5 VM; clone() of the volume = 1.3-1.5 ms):
+// Where the time went (8x1x96^3 fp32, p16, 1 thread, shared 2-core Zen 5 VM;
+// clone() of the volume = 1.3-1.5 ms):
 // - Reads. Each patch reads one 64 B line from each of its 256 rows (16 slices 36 KB apart); the
 //   hardware prefetchers do not follow that, so every line was a demand miss (2.4-2.5 ms). The next
 //   patch reads the adjacent line of the same rows, so we prefetch it one patch ahead: 1.6 ms.
 // - Writes. A plain store to a line not in cache first reads it (read-for-ownership), so a copy moves
 //   3x the bytes. Outputs larger than the cache are written with non-temporal (streaming) stores
-//   instead, as glibc's memcpy (and so clone()) does: 1.5 ms, at clone()'s speed; the reference takes
-//   4.0-4.4 ms (2.7-2.9x). Unpatchify streams into the volume in memory order (W-rows across the gw
-//   patches of a strip), which keeps the write stream sequential: 2.1-2.4 ms -> 1.3-1.8 ms.
+//   instead, as glibc's memcpy does for large copies: 1.5-2.0 ms, 0.75-1.0x clone()'s bandwidth; the
+//   reference takes 4.0-4.4 ms (2.3-2.9x). Unpatchify streams into the volume in memory order (W-rows across the
+//   patches of a strip, <= 8 patch read streams at a time, each prefetched ahead), which keeps the
+//   write stream sequential: 2.1-2.4 ms -> 1.3-1.9 ms; 2x1x128^3/p8: 1.4-1.5 ms -> 0.8-1.7 ms.
 // - Allocation is not the cap: a 28 MB at::empty is reused from the heap (no page faults; only
 //   >= 32 MiB blocks go to mmap, and then both sides pay the faults alike).
 #include "patchify.h"
