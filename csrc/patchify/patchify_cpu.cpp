@@ -10,9 +10,9 @@
 // - Writes. A plain store to a line not in cache first reads it (read-for-ownership), so a copy moves
 //   3x the bytes. Outputs larger than the cache are written with non-temporal (streaming) stores
 //   instead, as glibc's memcpy does for large copies: 1.5-2.0 ms, 0.75-1.0x clone()'s bandwidth; the
-//   reference takes 4.0-4.4 ms (2.3-2.9x). Unpatchify streams into the volume in memory order (W-rows across the
-//   patches of a strip, <= 8 patch read streams at a time, each prefetched ahead), which keeps the
-//   write stream sequential: 2.1-2.4 ms -> 1.3-1.9 ms; 2x1x128^3/p8: 1.4-1.5 ms -> 0.8-1.7 ms.
+//   reference takes 4.0-4.4 ms (2.3-2.9x). Unpatchify streams into the volume in memory order (W-rows
+//   across the patches of a strip, <= 8 patch read streams at a time, each prefetched ahead), which
+//   keeps the write stream sequential: 2.1-2.4 ms -> 1.3-1.9 ms; 2x1x128^3/p8: 1.4-1.5 -> 0.8-1.7 ms.
 // - Allocation is not the cap: a 28 MB at::empty is reused from the heap (no page faults; only
 //   >= 32 MiB blocks go to mmap, and then both sides pay the faults alike).
 #include "patchify.h"
