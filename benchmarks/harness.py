@@ -192,7 +192,8 @@ def gbps(nbytes: float, ms: float) -> float:
     return nbytes / (ms * 1e-3) / 1e9
 
 
-def parse_args(description: str, default_out: str) -> argparse.Namespace:
+def parse_args(description: str, default_out: str, extra=None) -> argparse.Namespace:
+    """The common flags; `extra(parser)` adds a benchmark's own."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--out", default=default_out, help="JSON Lines file to append rows to ('' to skip)")
@@ -203,6 +204,8 @@ def parse_args(description: str, default_out: str) -> argparse.Namespace:
         default=0,
         help="CPU threads (0: torch's default); 1 is stable on a shared machine",
     )
+    if extra is not None:
+        extra(p)
     args = p.parse_args()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
