@@ -3,17 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from trainer_helpers import make_dataset, run_trainer, write_allocation
-
-# The reference run: 2 domains x 96 samples, batch 8 -> 24 optimizer steps, a throughput event (with the
-# mean training loss) every step, evaluations at 16, 32, 64, 128 and 192 samples, checkpoints every 4.
-RUN_ARGS = [
-    "--config", "configs/tiny.yaml",
-    "--eval-at", "16,32,64,128",
-    "--set", "train.log_every=1",
-    "--set", "checkpoint.every_steps=4",
-    "--set", "data.num_threads=1",
-]  # fmt: skip
+from trainer_helpers import RUN_ARGS, make_dataset, run_trainer, write_allocation
 
 
 @pytest.fixture(scope="session")

@@ -7,8 +7,7 @@ import signal
 import subprocess
 import time
 
-from conftest import RUN_ARGS
-from trainer_helpers import PY, REPO, env, events, run_trainer
+from trainer_helpers import PY, REPO, RUN_ARGS, env, events, run_trainer
 
 from lawfit.runlog import read_runlog
 

@@ -7,8 +7,7 @@ import os
 
 import pytest
 import torch
-from conftest import RUN_ARGS
-from trainer_helpers import REPO, events, run_trainer
+from trainer_helpers import REPO, RUN_ARGS, events, run_trainer
 
 from lawfit.runlog import read_runlog
 from trainer.model import load_monai_vit

@@ -16,6 +16,16 @@ REPO = Path(__file__).resolve().parents[2]
 PY = sys.executable
 DOMAINS = {"ct_abdomen": "CT", "mri_brain": "MRI"}
 
+# The reference run: 2 domains x 96 samples, batch 8 -> 24 optimizer steps, a throughput event (with the
+# mean training loss) every step, evaluations at 16, 32, 64, 128 and 192 samples, checkpoints every 4.
+RUN_ARGS = [
+    "--config", "configs/tiny.yaml",
+    "--eval-at", "16,32,64,128",
+    "--set", "train.log_every=1",
+    "--set", "checkpoint.every_steps=4",
+    "--set", "data.num_threads=1",
+]  # fmt: skip
+
 
 def _volume(rng: np.random.Generator, shape, modality: str) -> np.ndarray:
     """Smooth blobs on a background: structure an MAE can learn to fill in within a few steps."""
@@ -74,7 +84,9 @@ def write_allocation(path: Path, samples: dict[str, int]) -> Path:
 
 def env() -> dict[str, str]:
     e = dict(os.environ)
-    e.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), CUDA_VISIBLE_DEVICES="")
+    # The repo first, then the caller's path (packages installed with --target, e.g. by gpu_check.sh).
+    path = os.pathsep.join(p for p in (str(REPO), e.get("PYTHONPATH", "")) if p)
+    e.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONPATH=path, CUDA_VISIBLE_DEVICES="")
     return e
 
 
