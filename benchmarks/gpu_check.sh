@@ -19,7 +19,7 @@
 # run `benchmarks/gpu_wheels.sh --fa4` here first, then back to back (the machine is given back after
 # 30 s idle, and the second call needs what the first staged):
 #   1. run(carry=[".whl"],  timeout_s=540, command="PACK_TO=$OUT bash benchmarks/gpu_check.sh /tmp/gc kernels")
-#   2. run(carry=[".whl2"], timeout_s=300, command="PACK_TO=$OUT bash benchmarks/gpu_check.sh /tmp/gc fa4")
+#   2. run(carry=[".whl2"], timeout_s=300, command="PACK_TO=$OUT bash benchmarks/gpu_check.sh /tmp/gc2 fa4")
 #   then `benchmarks/gpu_report.py FILES_AT` here, copy the *.jsonl to benchmarks/results/*-h200.jsonl
 #   and the table to the README. `trainer` (issue 5's targets, ~7 min) needs a session of its own: carry
 #   .whl and run `... gpu_check.sh /tmp/gc trainer` in one call.
