@@ -36,7 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from harness import Recorder, default_out, print_table  # noqa: E402
 
 from trainer.data.allocation import make_allocation  # noqa: E402
-from trainer.data.loader import build_loader  # noqa: E402
+from trainer.data.loader import build_loader, dali_available  # noqa: E402
 from trainer.data.manifest import VolumeRecord, read_manifest, write_manifest  # noqa: E402
 from trainer.data.mixture import MixtureSampler  # noqa: E402
 
@@ -185,12 +185,8 @@ def main() -> None:
     files = [manifest.abspath(r) for r in manifest.records]
     for f in files:  # hot page cache
         np.load(f).sum()
-    try:
-        import nvidia.dali  # noqa: F401
-
-        has_dali = True
-    except ImportError:  # e.g. on the lent H200, where DALI's 199 MB wheel cannot travel
-        has_dali = False
+    has_dali = dali_available()
+    if not has_dali:  # e.g. on the lent H200, where DALI's 199 MB wheel cannot travel
         print("NVIDIA DALI is not installed: the dali-* rows are left out (pip install nvidia-dali-cuda120)")
     table = []
     for crop in crops:
