@@ -45,6 +45,31 @@ def interpreter() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
+@functools.cache
+def interpreter_problem() -> str | None:
+    """Why Triton's interpreter cannot run our kernels in this environment, or None (interpreter mode only).
+
+    Measured: Triton 3.6's interpreter calls int() on the 1-element array of a loaded scalar used as a
+    loop bound, which NumPy >= 2.4 refuses; Triton 3.9 squeezes first. Compiled (GPU) kernels are not
+    affected, so only the CPU tests that run the kernels in the interpreter need this check.
+    """
+    import numpy
+    import torch
+    import triton
+
+    from kernels._interpreter_probe import loop_over_loaded_bound
+
+    try:
+        loop_over_loaded_bound[(1,)](torch.tensor([2, 0], dtype=torch.int32))
+    except Exception as e:  # noqa: BLE001  (returned as the reason, with the cause)
+        return (
+            f"the Triton {triton.__version__} interpreter cannot run a loop bounded by a loaded value with "
+            f"NumPy {numpy.__version__} ({e!r}); install numpy<2.4 or triton>=3.9 to run the kernels on CPU "
+            "in interpreter mode"
+        )
+    return None
+
+
 def autotune() -> bool:
     """False when VOXMIX_AUTOTUNE=0: one safe config per kernel (GPU tests: compile once, not per config)."""
     return os.environ.get("VOXMIX_AUTOTUNE", "1") != "0"
