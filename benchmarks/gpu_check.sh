@@ -73,14 +73,26 @@ if [ -d "$STAGE" ]; then
       echo "only one half of $(basename "$whole") is staged: its package is not installed this call"
     fi
   done
-  if ls "$STAGE"/*.whl > /dev/null 2>&1; then
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/voxmix_site \
-      "$STAGE"/*.whl > "$OUT/wheels.log" 2>&1 || { echo "!!! installing carried wheels failed (see $OUT/wheels.log)"; FAILED=$((FAILED + 1)); }
+  # Install what an earlier call on this (warm) machine has not installed yet.
+  DONE=/tmp/voxmix_site/.installed
+  NEW=()
+  for w in "$STAGE"/*.whl; do
+    [ -e "$w" ] && ! grep -qxF "${w##*/}" "$DONE" 2>/dev/null && NEW+=("$w")
+  done
+  if ((${#NEW[@]})); then
+    if "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/voxmix_site \
+      "${NEW[@]}" > "$OUT/wheels.log" 2>&1; then
+      printf '%s\n' "${NEW[@]##*/}" >> "$DONE"
+    else
+      echo "!!! installing carried wheels failed (see $OUT/wheels.log)"; FAILED=$((FAILED + 1))
+    fi
+  fi
+  if [ -s "$DONE" ]; then
     # --target does not run the wheels' .pth files (cutlass DSL puts its modules on sys.path that way):
     # let `site` evaluate them once and put what they add on PYTHONPATH too.
     PTH=$("$PY" -c "import site, sys; b = list(sys.path); site.addsitedir('/tmp/voxmix_site'); print(':'.join(p for p in sys.path if p not in b))")
     export PYTHONPATH=${PTH:-/tmp/voxmix_site}${PYTHONPATH:+:$PYTHONPATH}
-    echo "carried wheels: $(cd "$STAGE" && ls -- *.whl | tr '\n' ' ')"
+    echo "carried wheels installed: $(tr '\n' ' ' < "$DONE")"
   fi
 fi
 
