@@ -23,8 +23,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lawfit.allocate import Budget, allocate  # noqa: E402
+from lawfit.bootstrap import bootstrap  # noqa: E402
 from lawfit.dataset import build_dataset, load_runs  # noqa: E402
-from lawfit.fit import FitConfig, bootstrap, fit_target  # noqa: E402
+from lawfit.fit import FitConfig, fit_target  # noqa: E402
 from lawfit.laws import FORMS  # noqa: E402
 from lawfit.lawsfile import Laws  # noqa: E402
 from lawfit.simulate import default_design, random_laws, simulate_runs  # noqa: E402

@@ -25,8 +25,10 @@ def _pairs(items: list[str] | None, opt: str, conv=float) -> dict:
 def _fit_config(a):
     from .fit import FitConfig
 
+    method = getattr(a, "bootstrap_method", None)
     return FitConfig(
         bootstrap=getattr(a, "bootstrap", 0),
+        **({"bootstrap_method": method} if method else {}),
         seed=a.seed,
         workers=a.workers,
         forms=tuple(a.forms) if a.forms else None,
@@ -160,7 +162,9 @@ def cmd_simulate(a) -> int:
         plan = default_design(
             laws, budget_per_run=a.budget_per_run, n_mixtures=a.mixtures, n_evals=a.evals, seed=a.seed
         )
-    paths = simulate_runs(laws, plan, a.output, noise=a.noise, seed=a.seed, overwrite=a.overwrite)
+    paths = simulate_runs(
+        laws, plan, a.output, noise=a.noise, run_noise=a.run_noise, seed=a.seed, overwrite=a.overwrite
+    )
     print(f"wrote {len(paths)} simulated runs to {a.output}")
     return 0
 
@@ -181,7 +185,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("fit", help="fit the laws to run logs")
     fit_opts(s)
-    s.add_argument("--bootstrap", type=int, default=100, help="bootstrap resamples over runs (0: none)")
+    s.add_argument("--bootstrap", type=int, default=100, help="bootstrap resamples (0: none)")
+    s.add_argument(
+        "--bootstrap-method",
+        choices=("runs", "wild", "parametric"),
+        help="runs: resample whole runs; wild: keep the runs, flip each run's residuals "
+        "(default: FitConfig's; docs/lawfit.md)",
+    )
     s.add_argument("-o", "--output", required=True, help="laws.json to write")
     s.set_defaults(fn=cmd_fit)
 
@@ -229,6 +239,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--mixtures", type=int)
     s.add_argument("--evals", type=int, default=10)
     s.add_argument("--noise", type=float, default=0.01, help="lognormal sigma of the observed loss")
+    s.add_argument(
+        "--run-noise",
+        type=float,
+        default=0.0,
+        help="lognormal sigma of one offset per run and domain, shared by the run's evaluations",
+    )
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--overwrite", action="store_true")
     s.add_argument("-o", "--output", required=True, help="folder for the run directories")

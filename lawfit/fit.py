@@ -1,5 +1,6 @@
-"""Fitting: Huber loss on log-loss residuals, multi-start L-BFGS-B in float64, targets in parallel,
-form selection by cross-validation over runs, bootstrap over runs for uncertainty."""
+"""Fitting: Huber loss on log-loss residuals, multi-start trust-region least squares in float64, targets in
+parallel,
+form selection by cross-validation over runs. Uncertainty (the bootstrap) lives in lawfit/bootstrap.py."""
 
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ from dataclasses import dataclass, field
 from itertools import product
 
 import numpy as np
-from scipy.optimize import minimize
+from scipy.optimize import least_squares
 
 from .dataset import Dataset
 from .errors import LawfitError
 from .laws import D0_DEFAULT, FORMS, LawForm, TargetLaw
+
+BOOTSTRAP_METHODS = ("runs", "wild", "parametric")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -28,7 +31,11 @@ class FitConfig:
     cv_folds: int = 5
     """Folds over runs for choosing the form by held-out error."""
     bootstrap: int = 100
-    """Bootstrap resamples over runs (0: no uncertainty)."""
+    """Bootstrap resamples (0: no uncertainty)."""
+    bootstrap_method: str = "runs"
+    """How a resample is drawn (lawfit/bootstrap.py): 'runs' resamples whole runs with replacement,
+    'wild' keeps the design and flips each run's residuals with a random sign, 'parametric' keeps the
+    design and draws new noise from the per-run and per-evaluation noise the residuals estimate."""
     level: float = 0.9
     """Confidence level of the reported intervals."""
     seed: int = 0
@@ -45,6 +52,10 @@ class FitConfig:
             raise LawfitError(f"cv_folds must be >= 2, got {self.cv_folds}")
         if self.bootstrap < 0:
             raise LawfitError(f"bootstrap must be >= 0, got {self.bootstrap}")
+        if self.bootstrap_method not in BOOTSTRAP_METHODS:
+            raise LawfitError(
+                f"bootstrap_method must be one of {BOOTSTRAP_METHODS}, got {self.bootstrap_method!r}"
+            )
         if not 0 < self.level < 1:
             raise LawfitError(f"level must be in (0, 1), got {self.level}")
         for f in self.forms or ():
@@ -94,8 +105,7 @@ def _objective(theta, form: LawForm, prob, delta: float, d0: float, ref: float):
     val, grad = float(h.sum() / n), J.T @ psi / n
     if form.transfer:
         # gamma_j is not identified where kappa_j ~ 0 (an island pair): a weak ridge towards 1 removes that
-        # flat direction, which otherwise costs L-BFGS-B thousands of steps; it is far below the data's
-        # curvature wherever the transfer is real.
+        # flat direction; it is far below the data's curvature wherever the transfer is real.
         m = (len(theta) - 3 - form.repetition) // 2
         g = theta[3 + m : 3 + 2 * m]
         val += GAMMA_RIDGE * float(((g - 1.0) ** 2).sum())
@@ -132,9 +142,76 @@ def _grid_starts(form: LawForm, prob, others: list[str], d0: float, ref: float) 
 
 
 GAMMA_RIDGE = 1e-5
-SMOOTH_DELTA = 1.0  # residuals in log loss are far below 1: the surrogate is least squares
-N_HUBER = 2  # least-squares solutions refined on the Huber objective
 N_REFINE = 4  # grid starts taken to convergence (the best by initial objective)
+SOLVER_TOL = 1e-12  # least_squares' ftol, xtol and gtol
+
+
+def _huber_rows(n_data: int):
+    """least_squares loss: Huber on the first n_data rows (z = (r / delta)^2), plain squares on the rest
+    (the gamma ridge), so that the solver minimizes exactly n delta times `_objective`."""
+
+    def rho(z):
+        out = np.empty((3, len(z)))
+        out[0], out[1], out[2] = z, 1.0, 0.0
+        zd = z[:n_data]
+        big = zd > 1.0
+        sq = np.sqrt(np.where(big, zd, 1.0))
+        out[0, :n_data] = np.where(big, 2.0 * sq - 1.0, zd)
+        out[1, :n_data] = np.where(big, 1.0 / sq, 1.0)
+        out[2, :n_data] = np.where(big, -0.5 / (sq * np.where(big, zd, 1.0)), 0.0)
+        return out
+
+    return rho
+
+
+def _solve(theta0, form: LawForm, prob, delta: float, d0: float, ref: float, lo, hi):
+    """Minimize `_objective` from theta0 inside [lo, hi] by trust-region reflective least squares.
+
+    Why not L-BFGS-B on `_objective` (this project's first solver): the problem is ill-conditioned along
+    the E-G-alpha direction, and with objective values ~1e-3 L-BFGS-B's stopping rule, relative to
+    max(|f|, 1), ended warm-started refits after a few steps far from the optimum: bootstrap refits moved
+    about a tenth as far as fresh data moves the estimate, and the intervals were that much too narrow
+    (docs/notes/coverage_study_2026-11-30.md). Gauss-Newton steps with the Jacobian reach lower
+    objectives in 5-50 evaluations.
+    """
+    n = len(prob[-1])
+    m = (len(theta0) - 3 - form.repetition) // 2 if form.transfer else 0
+    g_idx = np.arange(3 + m, 3 + 2 * m)
+    c = np.sqrt(2.0 * n * delta * GAMMA_RIDGE)  # 0.5 (c (g - 1))^2 = n delta GAMMA_RIDGE (g - 1)^2
+    cache = {}
+
+    def evaluate(th):
+        key = th.tobytes()
+        if key not in cache:
+            cache.clear()
+            cache[key] = form.evaluate(th, *prob[:4], d0, ref=ref)
+        return cache[key]
+
+    def fun(th):
+        logL, _ = evaluate(th)
+        return np.concatenate([logL - prob[-1], c * (th[g_idx] - 1.0)])
+
+    def jac(th):
+        _, J = evaluate(th)
+        ridge = np.zeros((m, len(th)))
+        ridge[np.arange(m), g_idx] = c
+        return np.vstack([J, ridge])
+
+    res = least_squares(
+        fun,
+        np.clip(theta0, lo, hi),
+        jac=jac,
+        bounds=(lo, hi),
+        method="trf",
+        loss=_huber_rows(n),
+        f_scale=delta,
+        x_scale="jac",
+        ftol=SOLVER_TOL,
+        xtol=SOLVER_TOL,
+        gtol=SOLVER_TOL,
+        max_nfev=2000,
+    )
+    return res.x, res.status > 0
 
 
 def fit_target(
@@ -166,39 +243,23 @@ def fit_target(
     if len(starts) > N_REFINE:
         # Screening by the objective at the start is nearly free; the best few go to convergence.
         starts = sorted(starts, key=lambda s: _objective(s, *args)[0])[:N_REFINE]
-    # Warm starts (cross-validation, bootstrap) begin next to the optimum: a looser stop suffices there.
-    opts = (
-        {"maxiter": 5000, "ftol": 1e-12, "gtol": 1e-9}
-        if init is None
-        else {"maxiter": 3000, "ftol": 1e-10, "gtol": 1e-7}
-    )
-    if init is None:
-        # Cold starts first minimize the smooth least-squares surrogate (Huber with a wide delta): on the
-        # Huber objective's kinks L-BFGS-B needs thousands of steps from far away, on a smooth one a few
-        # hundred; the Huber refinement below then starts next to its optimum.
-        smooth = (form, prob, max(cfg.huber_delta, SMOOTH_DELTA), cfg.d0, ref)
-        pre = [
-            minimize(_objective, s, args=smooth, jac=True, method="L-BFGS-B", bounds=bounds, options=opts)
-            for s in starts
-        ]
-        starts = [r.x for r in sorted(pre, key=lambda r: r.fun)[:N_HUBER]]
-    results = [
-        minimize(_objective, s, args=args, jac=True, method="L-BFGS-B", bounds=bounds, options=opts)
-        for s in starts
-    ]
-    best = min(results, key=lambda r: r.fun)
-    logL, _ = form.evaluate(best.x, *prob[:4], cfg.d0, jac=False, ref=ref)
+    results = []
+    for s in starts:
+        x, ok = _solve(s, form, prob, cfg.huber_delta, cfg.d0, ref, lo, hi)
+        results.append((_objective(x, *args)[0], x, ok))
+    fun, x, ok = min(results, key=lambda r: r[0])
+    logL, _ = form.evaluate(x, *prob[:4], cfg.d0, jac=False, ref=ref)
     rmse = float(np.sqrt(np.mean((logL - prob[-1]) ** 2)))
     return TargetFit(
         target=target,
         form=form.name,
-        theta=best.x,
+        theta=x,
         ref=ref,
-        law=form.unpack(best.x, target, others, ref),
-        objective=float(best.fun),
+        law=form.unpack(x, target, others, ref),
+        objective=float(fun),
         rmse_log=rmse,
         n_points=n,
-        converged=bool(best.success),
+        converged=bool(ok),
         starts=n_starts,
     )
 
@@ -314,29 +375,3 @@ def cross_validate(ds: Dataset, fits: dict[str, FormFit], cfg: FitConfig) -> lis
         ff.cv_rmse_log = float(np.sqrt(np.mean(allsq))) if allsq else None
         ff.cv_per_target = {d: float(np.sqrt(np.mean(sq[(f, d)]))) for d in ds.domains if (f, d) in sq}
     return []
-
-
-def _job_boot(form_name, ds, cfg, b, thetas, refs):
-    rng = np.random.default_rng([cfg.seed, 1 + b])
-    sample = ds.resample_runs(rng)
-    form = FORMS[form_name]
-    out = []
-    for i, d in enumerate(ds.domains):
-        if len(sample.target_points(i)) < 3:
-            out.append(None)  # this resample lacks the target: no estimate from it
-            continue
-        tf = fit_target(form, sample, i, cfg, init=[thetas[i]], ref=refs[i])
-        out.append(form.pack(tf.law, [o for o in ds.domains if o != d]))  # natural parameters (R = 1)
-    return out
-
-
-def bootstrap(ds: Dataset, ff: FormFit, cfg: FitConfig) -> dict[str, np.ndarray]:
-    """Natural parameter vectors of the chosen form refitted on `cfg.bootstrap` resamples of the runs."""
-    if cfg.bootstrap == 0:
-        return {}
-    thetas = [ff.targets[d].theta for d in ds.domains]
-    refs = [ff.targets[d].ref for d in ds.domains]
-    res = _map(
-        _job_boot, [(ff.form, ds, cfg, b, thetas, refs) for b in range(cfg.bootstrap)], cfg, "bootstrap"
-    )
-    return {d: np.asarray([r[i] for r in res if r[i] is not None]) for i, d in enumerate(ds.domains)}

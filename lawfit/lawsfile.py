@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from .errors import LawfitError
+from .intervals import percentile_interval
 from .io import atomic_write_json, read_json
 from .laws import D0_DEFAULT, FORMS, TargetLaw, get_form, law_value_grad
 
@@ -74,8 +75,7 @@ class Laws:
             return None
         level = level or self.uncertainty.get("level", 0.9)
         preds = np.stack([self.predict(D, t) for t in boots])
-        q = (1 - level) / 2
-        return np.quantile(preds, q, axis=0), np.quantile(preds, 1 - q, axis=0)
+        return percentile_interval(preds, level, axis=0)
 
     # ---- file ---------------------------------------------------------------------------------------
     def to_json(self) -> dict:

@@ -31,18 +31,25 @@ def simulate_runs(
     out_dir: str | os.PathLike,
     *,
     noise: float = 0.01,
+    run_noise: float = 0.0,
     seed: int = 0,
     overwrite: bool = False,
 ) -> list[Path]:
-    """Write one run directory per planned run; losses are the laws' predictions times lognormal noise."""
+    """Write one run directory per planned run; losses are the laws' predictions times lognormal noise:
+    `noise` independent per evaluation, `run_noise` one offset per run and domain shared by all of the
+    run's evaluations (a run's seed shifts its whole curve, so real evaluations within a run correlate)."""
     if noise < 0:
         raise LawfitError(f"--noise must be >= 0, got {noise}")
+    if run_noise < 0:
+        raise LawfitError(f"--run-noise must be >= 0, got {run_noise}")
     validate_plan(plan, "plan")
     unknown = [d for d in plan["domains"] if d not in laws.domains]
     if unknown:
         raise LawfitError(f"plan domain(s) {unknown} have no law in the truth file (it has {laws.domains})")
     out_dir = Path(out_dir)
     rng = np.random.default_rng(seed)
+    # Its own stream, so that run_noise = 0 leaves the per-evaluation noise of earlier versions unchanged.
+    run_rng = np.random.default_rng([seed, 1]) if run_noise > 0 else None
     cost = {d: laws.seconds_per_sample.get(d, 0.01) for d in laws.domains}
     paths = []
     for r in plan["runs"]:
@@ -66,11 +73,13 @@ def simulate_runs(
             budget_samples=r["budget_samples"],
             unique_samples=unique,
             seed=int(r.get("seed", 0)),
-            config={"simulated": True, "noise": noise, "truth_form": laws.form},
+            config={"simulated": True, "noise": noise, "run_noise": run_noise, "truth_form": laws.form},
         )
         evals = np.asarray(r["eval_at"], dtype=np.float64)
         D = np.floor(w[None, :] * evals[:, None] + 0.5)
         L = laws.predict(D) * np.exp(noise * rng.standard_normal((len(evals), len(laws.domains))))
+        if run_rng is not None:
+            L = L * np.exp(run_noise * run_rng.standard_normal(len(laws.domains)))[None, :]
         batch = 8
         for t, (drow, lrow) in enumerate(zip(D, L)):
             step = int(evals[t]) // batch

@@ -7,8 +7,10 @@ import time
 
 import numpy as np
 
+from .bootstrap import METHOD_TEXT, bootstrap
 from .dataset import Dataset
-from .fit import FitConfig, bootstrap, cross_validate, fit_forms
+from .fit import FitConfig, cross_validate, fit_forms
+from .intervals import QUANTILE_RULE, percentile_interval
 from .laws import FORMS
 from .lawsfile import Laws
 
@@ -93,14 +95,13 @@ def fit_laws(ds: Dataset, cfg: FitConfig | None = None) -> Laws:
 
 def _summarize(laws: Laws, samples: dict[str, np.ndarray], cfg: FitConfig) -> dict:
     form = FORMS[laws.form]
-    q = ((1 - cfg.level) / 2, 1 - (1 - cfg.level) / 2)
     intervals = {}
     for d in laws.domains:
         others = [o for o in laws.domains if o != d]
         laws_b = [form.unpack(th, d, others) for th in samples[d]]
 
         def iv(vals):
-            return [float(np.quantile(vals, q[0])), float(np.quantile(vals, q[1]))]
+            return [float(v) for v in percentile_interval(vals, cfg.level)]
 
         entry = {
             "E": iv([x.E for x in laws_b]),
@@ -119,7 +120,9 @@ def _summarize(laws: Laws, samples: dict[str, np.ndarray], cfg: FitConfig) -> di
             entry["r_star"] = iv([x.r_star for x in laws_b])
         intervals[d] = entry
     return {
-        "method": "bootstrap over runs (resampled with replacement), each target refitted",
+        "method": METHOD_TEXT[cfg.bootstrap_method],
+        "resample": cfg.bootstrap_method,
+        "quantiles": QUANTILE_RULE,
         "n": cfg.bootstrap,
         "level": cfg.level,
         "seed": cfg.seed,
