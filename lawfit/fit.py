@@ -144,6 +144,7 @@ def _grid_starts(form: LawForm, prob, others: list[str], d0: float, ref: float) 
 GAMMA_RIDGE = 1e-5
 N_REFINE = 4  # grid starts taken to convergence (the best by initial objective)
 SOLVER_TOL = 1e-12  # least_squares' ftol, xtol and gtol
+BOUND_SNAP = 1e-8  # fraction of a parameter's range within which a solution is put on the bound
 
 
 def _huber_rows(n_data: int):
@@ -211,7 +212,13 @@ def _solve(theta0, form: LawForm, prob, delta: float, d0: float, ref: float, lo,
         gtol=SOLVER_TOL,
         max_nfev=2000,
     )
-    return res.x, res.status > 0
+    # TRF keeps its iterates strictly inside the bounds, so an optimum on a bound (k = 0 for a pair that does
+    # not transfer) ends ~1e-10 inside it. Put such values on the bound: otherwise no bootstrap draw is ever
+    # exactly 0 and a percentile interval can never contain k = 0.
+    x = res.x.copy()
+    tol = BOUND_SNAP * (hi - lo)
+    x = np.where(x - lo <= tol, lo, np.where(hi - x <= tol, hi, x))
+    return x, res.status > 0
 
 
 def fit_target(

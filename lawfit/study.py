@@ -53,7 +53,8 @@ def fit_laws(ds: Dataset, cfg: FitConfig | None = None) -> Laws:
     )
     laws.fit = {
         "objective": f"mean Huber(delta={cfg.huber_delta}) of log(predicted) - log(observed) loss",
-        "optimizer": "L-BFGS-B in float64 from a grid of starts (screened, best 3 refined)",
+        "optimizer": "trust-region reflective least squares (Huber loss) in float64 from a grid of starts "
+        "(screened by objective, best 4 taken to convergence)",
         "huber_delta": cfg.huber_delta,
         "n_runs": ds.n_runs,
         "n_points": int(len(ds.y)),

@@ -1,0 +1,162 @@
+"""The pieces behind the intervals: quantile positions, the noise model, resampling, warm refits."""
+
+import tempfile
+
+import numpy as np
+import pytest
+
+from lawfit.bootstrap import noise_model, parametric_resample, wild_resample, wild_residuals
+from lawfit.dataset import Dataset, build_dataset, load_runs
+from lawfit.errors import LawfitError
+from lawfit.fit import FitConfig, _objective, _problem, fit_forms, fit_target
+from lawfit.intervals import percentile_interval
+from lawfit.laws import FORMS
+from lawfit.simulate import default_design, random_laws, simulate_runs
+
+
+@pytest.mark.parametrize("B", [24, 100])
+def test_weibull_positions_cover_a_new_draw_at_the_level(B):
+    """Closed form: for B iid Uniform(0, 1) draws and one more, the new draw falls below the value at
+    (fractional) order position h with probability h / (B + 1) (exact for the uniform, where F is linear,
+    so interpolating between order statistics interpolates their expected quantiles). Weibull positions
+    p (B + 1) give 0.9 exactly; NumPy's linear default, positions p (B - 1) + 1, gives 0.9 (B - 1) / (B + 1):
+    0.828 at B = 24, 0.882 at B = 100. 20,000 sets: the standard error of a coverage near 0.9 is 0.0021;
+    the tolerance 0.0075 is 3.5 of them (a correct rule fails with probability 4.6e-4)."""
+    rng = np.random.default_rng(0)
+    n = 20000
+    draws = rng.uniform(size=(n, B))
+    new = rng.uniform(size=n)
+    lo, hi = percentile_interval(draws, 0.9, axis=1)
+    assert np.mean((lo <= new) & (new <= hi)) == pytest.approx(0.9, abs=0.0075)
+    lo, hi = percentile_interval(draws, 0.9, axis=1, rule="linear")
+    assert np.mean((lo <= new) & (new <= hi)) == pytest.approx(0.9 * (B - 1) / (B + 1), abs=0.0075)
+
+
+def _dataset_with_noise(sig_e, sig_u, n_runs=200, n_evals=10, seed=0) -> tuple[Dataset, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    run = np.repeat(np.arange(n_runs), n_evals)
+    n = len(run)
+    logfit = np.log(np.full((n, 2), 0.5))
+    noise = rng.standard_normal((n, 2)) * sig_e + rng.standard_normal((n_runs, 2))[run] * sig_u
+    ds = Dataset(
+        ["a", "b"],
+        [f"r{i}" for i in range(n_runs)],
+        np.ones((n, 2)),
+        np.full((n, 2), np.inf),
+        np.exp(logfit + noise),
+        run,
+        {},
+        {},
+        [],
+    )
+    return ds, logfit
+
+
+def test_noise_model_recovers_per_run_and_per_evaluation_noise():
+    """200 runs x 10 evaluations, sigma_e = 0.01, sigma_u = 0.02 (domain a) and 0 (domain b).
+    Standard errors: sigma_e ~0.01 / sqrt(2 * 1800) = 1.7e-4 (tolerance 10% = 6 SE); sigma_u from 200 run
+    means, relative SE ~5% (tolerance 20% = 4 SE); sigma_u = 0 stays below 0.004 (the run-mean spread
+    from sigma_e alone is 0.0032, and sigma_u^2 is what is left beyond it: at most a few 1e-3 by chance)."""
+    ds, logfit = _dataset_with_noise(np.array([0.01, 0.01]), np.array([0.02, 0.0]))
+    sig_e, sig_u = noise_model(ds, logfit, np.log(ds.y) - logfit)
+    assert sig_e == pytest.approx([0.01, 0.01], rel=0.10)
+    assert sig_u[0] == pytest.approx(0.02, rel=0.20)
+    assert sig_u[1] < 0.004
+
+
+def test_noise_model_ignores_one_broken_evaluation():
+    """One evaluation 50% off (log residual 0.4) must not inflate sigma_e by more than 10% (unclipped it
+    adds 0.4^2 / 1800 to sigma_e^2 = 1e-4: sigma_e would read 0.0141 instead of 0.01)."""
+    ds, logfit = _dataset_with_noise(np.array([0.01, 0.01]), np.array([0.0, 0.0]))
+    clean = noise_model(ds, logfit, np.log(ds.y) - logfit)[0][0]
+    ds.y[5, 0] *= np.exp(0.4)
+    broken = noise_model(ds, logfit, np.log(ds.y) - logfit)[0][0]
+    assert broken < 1.1 * clean
+
+
+def _small_study(seed=4, noise=0.01, m=3):
+    truth = random_laws(m, seed)
+    plan = default_design(truth, budget_per_run=20000, n_mixtures=4, n_evals=8, seed=seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        simulate_runs(truth, plan, tmp, noise=noise, seed=seed)
+        ds = build_dataset(load_runs([tmp]))
+    return truth, ds
+
+
+def test_resamples_keep_the_design_and_the_missing_points():
+    truth, ds = _small_study()
+    ds.y[3, 1] = np.nan  # a point where one domain was not evaluated
+    cfg = FitConfig(forms=("transfer",), bootstrap=0, workers=1, progress=False)
+    ff = fit_forms(ds, cfg)[0]["transfer"]
+    logfit, resid = wild_residuals(ds, ff, cfg.d0)
+    rng = np.random.default_rng(0)
+    w = wild_resample(ds, logfit, resid, rng)
+    p = parametric_resample(ds, logfit, np.full(3, 0.01), np.zeros(3), rng)
+    for r in (w, p):
+        np.testing.assert_array_equal(r.D, ds.D)
+        np.testing.assert_array_equal(r.run, ds.run)
+        assert np.isnan(r.y[3, 1]) and np.isfinite(np.delete(r.y.ravel(), 3 * 3 + 1)).all()
+    # A wild resample flips whole runs: per run, either every residual keeps its sign or every one flips.
+    ratio = (np.log(w.y) - logfit) / resid
+    for g in np.unique(ds.run):
+        vals = ratio[ds.run == g]
+        vals = vals[np.isfinite(vals)]
+        assert np.allclose(vals, vals[0]) and abs(abs(vals[0]) - 1) < 1e-9
+
+
+def test_a_warm_started_refit_reaches_the_cold_fits_optimum():
+    """The bug behind #12: warm-started refits (bootstrap, cross-validation) stopped a few steps from the
+    start, so the bootstrap barely moved. On fresh noise, a refit from the old optimum must reach the
+    objective of a full multi-start fit (to 1e-6 relative) and the same parameters."""
+    truth, ds = _small_study()
+    cfg = FitConfig(forms=("transfer",), bootstrap=0, workers=1, progress=False)
+    ff = fit_forms(ds, cfg)[0]["transfer"]
+    logfit, _ = wild_residuals(ds, ff, cfg.d0)
+    fresh = parametric_resample(ds, logfit, np.full(3, 0.01), np.full(3, 0.005), np.random.default_rng(1))
+    form = FORMS["transfer"]
+    for i, d in enumerate(ds.domains):
+        warm = fit_target(form, fresh, i, cfg, init=[ff.targets[d].theta], ref=ff.targets[d].ref)
+        cold = fit_target(form, fresh, i, cfg, ref=ff.targets[d].ref)
+        assert warm.objective == pytest.approx(cold.objective, rel=1e-6), d
+        assert warm.law.alpha == pytest.approx(cold.law.alpha, rel=1e-3), d
+        assert warm.law.E == pytest.approx(cold.law.E, rel=1e-3), d
+        # and the start was not already the optimum: the refit moved
+        start = _objective(ff.targets[d].theta, form, _problem(fresh, i), cfg.huber_delta, cfg.d0, warm.ref)[
+            0
+        ]
+        assert start > warm.objective * (1 + 1e-4), d
+
+
+def test_bootstrap_method_is_validated_and_recorded(tmp_path):
+    with pytest.raises(LawfitError, match="bootstrap_method"):
+        FitConfig(bootstrap_method="jackknife")
+    from lawfit.study import fit_laws
+
+    _, ds = _small_study()
+    for method in ("runs", "parametric"):
+        laws = fit_laws(ds, FitConfig(bootstrap=8, bootstrap_method=method, workers=1, progress=False))
+        unc = laws.uncertainty
+        assert unc["resample"] == method and unc["quantiles"] == "weibull" and unc["n"] == 8
+        assert all(len(unc["samples"][d]) == 8 for d in laws.domains)
+
+
+def test_run_noise_shifts_whole_runs_and_leaves_the_iid_stream_alone(tmp_path):
+    truth = random_laws(2, 0)
+    plan = default_design(truth, budget_per_run=2000, n_mixtures=2, n_evals=5, seed=0)
+    runs = {}
+    for name, kw in {
+        "old": {},
+        "zero": {"run_noise": 0.0},
+        "shift": {"noise": 0.0, "run_noise": 0.05},
+    }.items():
+        simulate_runs(truth, plan, tmp_path / name, seed=3, **kw)
+        runs[name] = build_dataset(load_runs([str(tmp_path / name)]))
+    np.testing.assert_array_equal(runs["old"].y, runs["zero"].y)
+    s = runs["shift"]
+    ratio = np.log(s.y / truth.predict(s.D))
+    for g in np.unique(s.run):
+        r = ratio[s.run == g]
+        assert np.allclose(r, r[0], atol=1e-9)  # one offset per run and domain
+    assert np.std(ratio) > 0.01
+    with pytest.raises(LawfitError, match="run-noise"):
+        simulate_runs(truth, plan, tmp_path / "bad", run_noise=-1.0)
