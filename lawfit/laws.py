@@ -111,7 +111,7 @@ class LawForm:
     # that its coordinates are nearly uncorrelated: G = A * R^-alpha is the reducible loss at R, and
     # kappa_j = k_j * R^(gamma_j - 1) is j's exchange rate at R (k f^gamma = kappa R (f/R)^gamma). With
     # A and alpha fitted directly, a tiny change of alpha needs a huge compensating change of log A and
-    # L-BFGS-B crawls along that valley. R = 1 gives back the natural parameters (used for storage).
+    # a local solver crawls along that valley. R = 1 gives back the natural parameters (used for storage).
     def param_names(self, others: list[str]) -> list[str]:
         names = ["log_E", "log_G", "alpha"]
         if self.transfer:

@@ -197,8 +197,12 @@ def write_report(laws: Laws, alloc: dict | None, out_dir: str | os.PathLike) -> 
         ]
         md.append("")
     lvl = laws.uncertainty.get("level")
+    # laws.json files written before #12 have no "resample" field: they resampled runs.
+    how = {"runs": "over runs", "parametric": "parametric", "wild": "wild, by run"}.get(
+        laws.uncertainty.get("resample", "runs"), laws.uncertainty.get("resample")
+    )
     md += [
-        f"## Laws{f' ({int(100 * lvl)}% bootstrap intervals over runs)' if lvl else ''}",
+        f"## Laws{f' ({int(100 * lvl)}% bootstrap intervals, {how})' if lvl else ''}",
         "",
         "| target | E | A | alpha | fit RMSE (log) |",
         "| --- | --- | --- | --- | --- |",

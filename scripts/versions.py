@@ -63,7 +63,9 @@ def installed(names) -> tuple[str, str] | None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lock", type=Path, default=LOCK)
-    ap.add_argument("--strict", action="store_true", help="exit 1 when an installed version differs from the lock")
+    ap.add_argument(
+        "--strict", action="store_true", help="exit 1 when an installed version differs from the lock"
+    )
     a = ap.parse_args()
     parts = [f"python {platform.python_version()}"]
     for label, names in KEY:
@@ -85,10 +87,11 @@ def main() -> int:
         if got[1] != want:
             diff.append(f"{name} {got[1]} (lock {want})")
     if diff:
-        print(f"voxmix: WARNING: {len(diff)} installed version(s) differ from {a.lock.name}: " + ", ".join(diff))
+        print(
+            f"voxmix: WARNING: {len(diff)} installed version(s) differ from {a.lock.name}: " + ", ".join(diff)
+        )
         return 1 if a.strict else 0
-    print(f"voxmix: every installed package of {a.lock.relative_to(ROOT) if a.lock.is_relative_to(ROOT) else a.lock} "
-          "matches its pinned version")
+    print(f"voxmix: every installed package matches its pinned version in {a.lock}")
     return 0
 
 

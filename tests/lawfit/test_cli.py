@@ -126,6 +126,18 @@ def test_plan(workdir):
             ["plan", "--domains", "a", "--unique", "b=3", "--target-budget", "10", "-o", "p.json"],
             "no unique-sample",
         ),
+        (
+            [
+                "simulate",
+                "--truth",
+                ROOT / "configs" / "truth_5domains.json",
+                "--run-noise",
+                "-1",
+                "-o",
+                "x.json",
+            ],
+            "--run-noise must be >= 0",
+        ),
     ],
 )
 def test_bad_input_exits_2_with_a_clear_message(workdir, args, match):
@@ -133,6 +145,59 @@ def test_bad_input_exits_2_with_a_clear_message(workdir, args, match):
     assert r.returncode == 2, r.stderr
     assert match in r.stderr
     assert not (workdir / "x.json").exists()
+
+
+def test_simulate_run_noise_and_fit_bootstrap_method(workdir, tmp_path):
+    """--run-noise shifts whole runs; --bootstrap-method is recorded in laws.json (default: the library's)."""
+    from lawfit.fit import FitConfig
+
+    assert json.loads((workdir / "laws.json").read_text())["uncertainty"]["resample"] == (
+        FitConfig().bootstrap_method
+    )
+    truth = ROOT / "configs" / "truth_5domains.json"
+    lawfit(
+        "simulate",
+        "--truth",
+        truth,
+        "--budget-per-run",
+        4000,
+        "--mixtures",
+        2,
+        "--noise",
+        0,
+        "--run-noise",
+        0.02,
+        "-o",
+        tmp_path / "rn",
+        cwd=tmp_path,
+    )
+    lines = (tmp_path / "rn" / "pilot-ct_chest" / "runlog.jsonl").read_text().splitlines()
+    assert json.loads(lines[0])["config"]["run_noise"] == 0.02
+    lawfit(
+        "fit",
+        tmp_path / "rn",
+        "--bootstrap",
+        4,
+        "--bootstrap-method",
+        "runs",
+        "--quiet",
+        "-o",
+        tmp_path / "l.json",
+        cwd=tmp_path,
+    )
+    unc = json.loads((tmp_path / "l.json").read_text())["uncertainty"]
+    assert unc["resample"] == "runs" and unc["n"] == 4
+    r = lawfit(
+        "fit",
+        tmp_path / "rn",
+        "--bootstrap-method",
+        "jackknife",
+        "-o",
+        tmp_path / "x.json",
+        cwd=tmp_path,
+        ok=False,
+    )
+    assert r.returncode == 2 and "invalid choice: 'jackknife'" in r.stderr
 
 
 def test_fit_names_the_bad_line_of_a_run_log(workdir, tmp_path):
