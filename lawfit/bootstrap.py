@@ -16,6 +16,8 @@ docs/notes/coverage_study_2026-11-30.md measures how often the resulting interva
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from .dataset import Dataset
@@ -49,17 +51,7 @@ def wild_resample(ds: Dataset, logfit: np.ndarray, resid: np.ndarray, rng: np.ra
     """The dataset with y = fitted * exp(sign(run) * residual): one Rademacher sign per run."""
     signs = rng.choice(np.array([-1.0, 1.0]), size=ds.n_runs)
     y = np.exp(logfit + signs[ds.run][:, None] * resid)  # nan (not evaluated) stays nan
-    return Dataset(
-        ds.domains,
-        ds.run_ids,
-        ds.D,
-        ds.U,
-        y,
-        ds.run,
-        ds.seconds_per_sample,
-        ds.unique_samples,
-        ds.warnings,
-    )
+    return replace(ds, y=y)
 
 
 def noise_model(ds: Dataset, logfit: np.ndarray, resid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -95,17 +87,7 @@ def parametric_resample(
     e = rng.standard_normal(ds.y.shape) * sig_e
     u = rng.standard_normal((ds.n_runs, len(ds.domains))) * sig_u
     y = np.exp(logfit + u[ds.run] + e)  # nan (not evaluated) stays nan
-    return Dataset(
-        ds.domains,
-        ds.run_ids,
-        ds.D,
-        ds.U,
-        y,
-        ds.run,
-        ds.seconds_per_sample,
-        ds.unique_samples,
-        ds.warnings,
-    )
+    return replace(ds, y=y)
 
 
 def _resample(ds: Dataset, method: str, model, rng: np.random.Generator) -> Dataset:

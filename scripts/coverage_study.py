@@ -26,18 +26,12 @@ from scipy.stats import beta
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lawfit.coverage import GROUPS, CoverageDesign, coverage_trial  # noqa: E402
+from lawfit.coverage import CONDITIONS, GROUPS, coverage_trial  # noqa: E402
 from lawfit.fit import BOOTSTRAP_METHODS  # noqa: E402
+from lawfit.intervals import RULES  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results" / "coverage.jsonl"
 SEED0 = 1000  # trial t uses seed SEED0 + t (the unit tests use seeds below 10)
-
-# The conditions of the protocol (docs/notes/coverage_study_2026-11-30.md), fixed before any result.
-CONDITIONS = {
-    "iid": CoverageDesign(m=5, n_mixtures=10, n_evals=10, noise=0.01),
-    "run_correlated": CoverageDesign(m=5, n_mixtures=10, n_evals=10, noise=0.005, run_noise=0.01),
-    "test": CoverageDesign(m=2, n_mixtures=4, n_evals=8, noise=0.01),
-}
 
 
 def _sha() -> str | None:
@@ -68,7 +62,7 @@ def _done(path: Path, label: str, condition: str) -> set[int]:
 def cmd_run(a) -> None:
     methods, rules = tuple(a.methods), tuple(a.rules)
     done = _done(a.out, a.label, a.condition)
-    seeds = [SEED0 + t for t in range(a.trials) if SEED0 + t not in done]
+    seeds = [a.seed0 + t for t in range(a.trials) if a.seed0 + t not in done]
     print(f"{a.condition}/{a.label}: {len(done)} trials done, {len(seeds)} to run", file=sys.stderr)
     base = {
         "condition": a.condition,
@@ -157,8 +151,9 @@ def main() -> None:
     r.add_argument("--condition", choices=sorted(CONDITIONS), required=True)
     r.add_argument("--trials", type=int, default=100)
     r.add_argument("--methods", nargs="+", default=list(BOOTSTRAP_METHODS), choices=BOOTSTRAP_METHODS)
-    r.add_argument("--rules", nargs="+", default=["linear", "weibull"], choices=["linear", "weibull"])
+    r.add_argument("--rules", nargs="+", default=["linear", "weibull"], choices=list(RULES))
     r.add_argument("--label", default="current", help="names this code version in the rows")
+    r.add_argument("--seed0", type=int, default=SEED0, help="trial t uses seed SEED0 + t")
     r.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     r.set_defaults(fn=cmd_run)
     s = sub.add_parser("summary")
