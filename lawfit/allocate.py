@@ -16,7 +16,7 @@ from scipy.optimize import minimize
 
 from .errors import LawfitError
 from .hubs import hub_analysis
-from .intervals import percentile_interval
+from .intervals import interval
 from .laws import TargetLaw
 from .lawsfile import Laws
 
@@ -310,7 +310,9 @@ def allocate(
                 la = p.w @ laws.predict(samples.astype(float)[None], t)[0]
                 rel.append((lb - la) / lb)
             lvl = laws.uncertainty.get("level", 0.9)
-            e["improvement"]["raw_interval"] = [float(v) for v in percentile_interval(rel, lvl)]
+            rule = laws.uncertainty.get("interval", "percentile")
+            iv = interval(rel, lvl, rule, estimate=e["improvement"]["raw"])
+            e["improvement"]["raw_interval"] = [float(v) for v in iv]
         out["baselines"][name] = e
     if boots:
         iv = laws.predict_interval(samples.astype(float)[None], boots=boots)

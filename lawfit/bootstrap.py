@@ -9,7 +9,7 @@ Two ways of drawing a resample (`FitConfig.bootstrap_method`):
   Gelbach & Miller 2008). Whole runs keep one sign, so correlation within a run is kept.
 * ``parametric``: keep the design; draw new noise from the noise model the residuals estimate, one
   offset per run and domain (sigma_u, shared by the run's evaluations) plus independent noise per
-  evaluation (sigma_e), both in log loss, added to the fitted curve.
+  evaluation (sigma_e), both in log loss, added to the fitted curve (`noise_model`).
 
 docs/notes/coverage_study_2026-11-30.md measures how often the resulting intervals cover the truth.
 """
@@ -25,6 +25,26 @@ from .fit import FitConfig, FormFit, _map, _problem, fit_target
 from .laws import FORMS
 
 
+def fitted_curves(ds: Dataset, ff: FormFit, d0: float):
+    """Fitted log loss (n, m) and residuals log y - log fitted (n, m) of every target (nan where not
+    evaluated), and per target the Jacobian d(log L)/d(theta) at its points over the parameters that are
+    free (not on a bound): the directions along which the fit absorbs noise."""
+    form = FORMS[ff.form]
+    logfit = np.full(ds.y.shape, np.nan)
+    resid = np.full(ds.y.shape, np.nan)
+    jacs = []
+    for i, d in enumerate(ds.domains):
+        pts = ds.target_points(i)
+        tf = ff.targets[d]
+        prob = _problem(ds, i)
+        logL, J = form.evaluate(tf.theta, *prob[:4], d0, ref=tf.ref)
+        lo, hi = np.array(form.bounds([o for o in ds.domains if o != d], float(np.exp(prob[-1].min())))).T
+        logfit[pts, i] = logL
+        resid[pts, i] = prob[-1] - logL
+        jacs.append(J[:, (tf.theta > lo) & (tf.theta < hi)])
+    return logfit, resid, jacs
+
+
 def wild_residuals(ds: Dataset, ff: FormFit, d0: float) -> tuple[np.ndarray, np.ndarray]:
     """Fitted log loss (n, m) and scaled residuals (n, m) of every target (nan where not evaluated).
 
@@ -32,18 +52,10 @@ def wild_residuals(ds: Dataset, ff: FormFit, d0: float) -> tuple[np.ndarray, np.
     p parameters of the target): they are scaled back by sqrt(n / (n - p)) so that a resample's noise has
     the data's size.
     """
-    form = FORMS[ff.form]
-    logfit = np.full(ds.y.shape, np.nan)
-    resid = np.full(ds.y.shape, np.nan)
-    for i, d in enumerate(ds.domains):
-        pts = ds.target_points(i)
-        tf = ff.targets[d]
-        D_own, D_oth, U_own, U_oth, logy = _problem(ds, i)
-        logL, _ = form.evaluate(tf.theta, D_own, D_oth, U_own, U_oth, d0, jac=False, ref=tf.ref)
-        n, p = len(pts), len(tf.theta)
-        scale = np.sqrt(n / (n - p)) if n > p else 1.0
-        logfit[pts, i] = logL
-        resid[pts, i] = scale * (logy - logL)
+    logfit, resid, jacs = fitted_curves(ds, ff, d0)
+    for i, J in enumerate(jacs):
+        n, p = J.shape
+        resid[:, i] *= np.sqrt(n / (n - p)) if n > p else 1.0
     return logfit, resid
 
 
@@ -54,13 +66,17 @@ def wild_resample(ds: Dataset, logfit: np.ndarray, resid: np.ndarray, rng: np.ra
     return replace(ds, y=y)
 
 
-def noise_model(ds: Dataset, logfit: np.ndarray, resid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def noise_model(ds: Dataset, resid: np.ndarray, jacs: list | None = None) -> tuple[np.ndarray, np.ndarray]:
     """sigma_e (m,), sigma_u (m,): per-evaluation and per-run noise of every target, in log loss.
 
-    Method of moments on the (scaled) residuals: sigma_e^2 from the spread within runs, sigma_u^2 = the
-    variance of run means beyond what sigma_e^2 / n_run explains (>= 0). Residuals beyond 4 robust sigmas
-    (1.4826 MAD) are clipped first, so that one broken evaluation, which the Huber fit discounts, does
-    not inflate the noise of every resample.
+    Unbiased moments of the residuals r = M eps, M = I - H the residual maker of the fit's free directions
+    (H = J (J'J)^-1 J', the fit linearized at its optimum), under eps = u[run] + e:
+        E[r'r]      = sigma_e^2 tr(M)    + sigma_u^2 tr(Z'MZ)
+        E[|Z'r|^2] = sigma_e^2 tr(Z'MZ) + sigma_u^2 |Z'MZ|_F^2          (Z: point-to-run indicators)
+    solved for both (sigma_u^2 >= 0). The fit absorbs part of every run's offset (a run that alone
+    identifies a parameter keeps almost none of it), so plain within/between-run moments would read
+    sigma_u far too small. Residuals beyond 4 robust sigmas (1.4826 MAD) are clipped first, so that one
+    broken evaluation, which the Huber fit discounts, does not inflate every resample's noise.
     """
     m = len(ds.domains)
     sig_e, sig_u = np.zeros(m), np.zeros(m)
@@ -70,13 +86,20 @@ def noise_model(ds: Dataset, logfit: np.ndarray, resid: np.ndarray) -> tuple[np.
         robust = 1.4826 * np.median(np.abs(r - np.median(r)))
         if robust > 0:
             r = np.clip(r, -4 * robust, 4 * robust)
-        runs, inv, cnt = np.unique(run, return_inverse=True, return_counts=True)
-        means = np.bincount(inv, weights=r) / cnt
-        within = np.sum((r - means[inv]) ** 2)
-        dof = len(r) - len(runs)
-        se2 = within / dof if dof > 0 else float(np.mean(r**2))
-        su2 = max(0.0, float(np.mean(means**2 - se2 / cnt)))
-        sig_e[i], sig_u[i] = np.sqrt(se2), np.sqrt(su2)
+        n = len(r)
+        _, inv = np.unique(run, return_inverse=True)
+        Z = np.zeros((n, inv.max() + 1))
+        Z[np.arange(n), inv] = 1.0
+        J = np.zeros((n, 0)) if jacs is None else jacs[i]
+        Q = np.linalg.qr(J)[0] if J.shape[1] else np.zeros((n, 0))  # orthonormal basis of the fit's span
+        MZ = Z - Q @ (Q.T @ Z)
+        ZMZ = Z.T @ MZ
+        a = np.array([[n - Q.shape[1], np.trace(ZMZ)], [np.trace(ZMZ), float(np.sum(ZMZ**2))]])
+        q = np.array([r @ r, float(np.sum((Z.T @ r) ** 2))])
+        se2, su2 = np.linalg.solve(a, q) if abs(np.linalg.det(a)) > 1e-12 * a[0, 0] * a[1, 1] else (0.0, -1.0)
+        if su2 < 0:  # no run-level noise beyond chance: all of it per evaluation
+            se2, su2 = q[0] / max(a[0, 0], 1.0), 0.0
+        sig_e[i], sig_u[i] = np.sqrt(max(se2, 0.0)), np.sqrt(su2)
     return sig_e, sig_u
 
 
@@ -119,11 +142,11 @@ def bootstrap(ds: Dataset, ff: FormFit, cfg: FitConfig) -> dict[str, np.ndarray]
     thetas = [ff.targets[d].theta for d in ds.domains]
     refs = [ff.targets[d].ref for d in ds.domains]
     model = None
-    if cfg.bootstrap_method != "runs":
-        logfit, resid = wild_residuals(ds, ff, cfg.d0)
-        model = (
-            (logfit, resid) if cfg.bootstrap_method == "wild" else (logfit, *noise_model(ds, logfit, resid))
-        )
+    if cfg.bootstrap_method == "wild":
+        model = wild_residuals(ds, ff, cfg.d0)
+    elif cfg.bootstrap_method == "parametric":
+        logfit, resid, jacs = fitted_curves(ds, ff, cfg.d0)
+        model = (logfit, *noise_model(ds, resid, jacs))
     jobs = [(ff.form, ds, cfg, b, thetas, refs, model) for b in range(cfg.bootstrap)]
     res = _map(_job_boot, jobs, cfg, "bootstrap")
     return {d: np.asarray([r[i] for r in res if r[i] is not None]) for i, d in enumerate(ds.domains)}

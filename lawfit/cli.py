@@ -25,10 +25,10 @@ def _pairs(items: list[str] | None, opt: str, conv=float) -> dict:
 def _fit_config(a):
     from .fit import FitConfig
 
-    method = getattr(a, "bootstrap_method", None)
+    chosen = {k: getattr(a, k, None) for k in ("bootstrap_method", "interval")}
     return FitConfig(
         bootstrap=getattr(a, "bootstrap", 0),
-        **({"bootstrap_method": method} if method else {}),
+        **{k: v for k, v in chosen.items() if v},
         seed=a.seed,
         workers=a.workers,
         forms=tuple(a.forms) if a.forms else None,
@@ -189,8 +189,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--bootstrap-method",
         choices=("runs", "wild", "parametric"),
-        help="runs: resample whole runs; wild: keep the runs, flip each run's residuals "
-        "(default: FitConfig's; docs/lawfit.md)",
+        help="parametric: keep the runs, draw new per-run and per-evaluation noise; runs: resample whole "
+        "runs; wild: keep the runs, flip each run's residuals (default: FitConfig's; docs/lawfit.md)",
+    )
+    s.add_argument(
+        "--interval",
+        choices=("percentile", "bc"),
+        help="percentile, or bc (bias-corrected percentile) intervals (default: FitConfig's; docs/lawfit.md)",
     )
     s.add_argument("-o", "--output", required=True, help="laws.json to write")
     s.set_defaults(fn=cmd_fit)

@@ -15,6 +15,7 @@ from scipy.optimize import least_squares
 
 from .dataset import Dataset
 from .errors import LawfitError
+from .intervals import INTERVALS
 from .laws import D0_DEFAULT, FORMS, LawForm, TargetLaw
 
 BOOTSTRAP_METHODS = ("runs", "wild", "parametric")
@@ -38,6 +39,9 @@ class FitConfig:
     design and draws new noise from the per-run and per-evaluation noise the residuals estimate."""
     level: float = 0.9
     """Confidence level of the reported intervals."""
+    interval: str = "percentile"
+    """How an interval is read off the resamples (lawfit/intervals.py): 'percentile' (ends at quantile
+    positions p(B + 1)) or 'bc' (Efron's bias-corrected percentile interval)."""
     seed: int = 0
     workers: int = 0
     """Processes; 0: one per CPU core, at most one per job."""
@@ -56,6 +60,8 @@ class FitConfig:
             raise LawfitError(
                 f"bootstrap_method must be one of {BOOTSTRAP_METHODS}, got {self.bootstrap_method!r}"
             )
+        if self.interval not in INTERVALS:
+            raise LawfitError(f"interval must be one of {INTERVALS}, got {self.interval!r}")
         if not 0 < self.level < 1:
             raise LawfitError(f"level must be in (0, 1), got {self.level}")
         for f in self.forms or ():

@@ -13,6 +13,8 @@ from scipy.special import ndtr, ndtri
 # bootstrap. docs/notes/coverage_study_2026-11-30.md measures both.
 QUANTILE_RULE = "weibull"
 RULES = ("linear", "weibull", "bc")
+INTERVALS = ("percentile", "bc")
+"""What laws.json and FitConfig call the rules: 'percentile' (ends at Weibull positions) and 'bc'."""
 
 
 def _check(level: float) -> None:
@@ -62,7 +64,8 @@ def bias_corrected_interval(values, estimate, level: float, axis: int = 0):
 
 
 def interval(values, level: float, rule: str, estimate=None, axis: int = 0):
-    """The interval of `rule` ('weibull', 'linear' or 'bc'; 'bc' needs the point estimate)."""
+    """The interval of `rule` ('percentile' = 'weibull', 'linear' or 'bc'; 'bc' needs the point estimate)."""
+    rule = QUANTILE_RULE if rule == "percentile" else rule
     if rule == "bc":
         if estimate is None:
             raise ValueError("the bias-corrected interval needs the point estimate")

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from .errors import LawfitError
-from .intervals import percentile_interval
+from .intervals import interval
 from .io import atomic_write_json, read_json
 from .laws import D0_DEFAULT, FORMS, TargetLaw, get_form, law_value_grad
 
@@ -68,14 +68,16 @@ class Laws:
         ]
 
     def predict_interval(self, D: np.ndarray, level: float | None = None, boots: list | None = None):
-        """(lo, hi) of the predicted losses at rows D over the bootstrap laws, or None without them.
+        """(lo, hi) of the predicted losses at rows D over the bootstrap laws, or None without them, read
+        off with the file's interval rule (files written before #12 have none: 'percentile').
         Pass `boots` (from `bootstrap_targets()`) when calling repeatedly, to unpack them once."""
         boots = self.bootstrap_targets() if boots is None else boots
         if not boots:
             return None
         level = level or self.uncertainty.get("level", 0.9)
         preds = np.stack([self.predict(D, t) for t in boots])
-        return percentile_interval(preds, level, axis=0)
+        rule = self.uncertainty.get("interval", "percentile")
+        return interval(preds, level, rule, estimate=self.predict(D), axis=0)
 
     # ---- file ---------------------------------------------------------------------------------------
     def to_json(self) -> dict:

@@ -10,7 +10,7 @@ import numpy as np
 from .bootstrap import METHOD_TEXT, bootstrap
 from .dataset import Dataset
 from .fit import FitConfig, cross_validate, fit_forms
-from .intervals import QUANTILE_RULE, percentile_interval
+from .intervals import interval
 from .laws import FORMS
 from .lawsfile import Laws
 
@@ -100,30 +100,27 @@ def _summarize(laws: Laws, samples: dict[str, np.ndarray], cfg: FitConfig) -> di
     for d in laws.domains:
         others = [o for o in laws.domains if o != d]
         laws_b = [form.unpack(th, d, others) for th in samples[d]]
+        est = laws.targets[d]
 
-        def iv(vals):
-            return [float(v) for v in percentile_interval(vals, cfg.level)]
+        def iv(vals, estimate):
+            return [float(v) for v in interval(vals, cfg.level, cfg.interval, estimate=estimate)]
 
-        entry = {
-            "E": iv([x.E for x in laws_b]),
-            "A": iv([x.A for x in laws_b]),
-            "alpha": iv([x.alpha for x in laws_b]),
-        }
+        entry = {p: iv([getattr(x, p) for x in laws_b], getattr(est, p)) for p in ("E", "A", "alpha")}
         if form.transfer:
             entry["transfer"] = {
                 j: {
-                    "k": iv([x.transfer[j].k for x in laws_b]),
-                    "gamma": iv([x.transfer[j].gamma for x in laws_b]),
+                    "k": iv([x.transfer[j].k for x in laws_b], est.transfer[j].k),
+                    "gamma": iv([x.transfer[j].gamma for x in laws_b], est.transfer[j].gamma),
                 }
                 for j in others
             }
         if form.repetition:
-            entry["r_star"] = iv([x.r_star for x in laws_b])
+            entry["r_star"] = iv([x.r_star for x in laws_b], est.r_star)
         intervals[d] = entry
     return {
         "method": METHOD_TEXT[cfg.bootstrap_method],
         "resample": cfg.bootstrap_method,
-        "quantiles": QUANTILE_RULE,
+        "interval": cfg.interval,
         "n": cfg.bootstrap,
         "level": cfg.level,
         "seed": cfg.seed,

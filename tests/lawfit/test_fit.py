@@ -30,15 +30,16 @@ def test_form_selection_prefers_transfer_by_held_out_error(fitted):
 
 def test_bootstrap_intervals_bracket_the_resampled_laws(fitted):
     """Coverage itself is a statistical claim, tested over many studies in test_coverage.py; here: the
-    intervals in laws.json are the Weibull-position quantiles of the stored resamples, and prediction
+    intervals in laws.json are those of the stored resamples under the file's rule, and prediction
     intervals are ordered and of positive width."""
-    from lawfit.intervals import percentile_interval
+    from lawfit.intervals import interval
 
     unc = fitted.uncertainty
-    assert unc["quantiles"] == "weibull" and unc["resample"] == FitConfig().bootstrap_method
+    assert unc["interval"] == FitConfig().interval and unc["resample"] == FitConfig().bootstrap_method
     for d in fitted.domains:
         alphas = [t[d].alpha for t in fitted.bootstrap_targets()]
-        assert unc["intervals"][d]["alpha"] == pytest.approx(list(percentile_interval(alphas, 0.9)), rel=1e-9)
+        want = interval(alphas, 0.9, unc["interval"], estimate=fitted.targets[d].alpha)
+        assert unc["intervals"][d]["alpha"] == pytest.approx(list(want), rel=1e-9)
     lo, hi = fitted.predict_interval(np.array([[1000.0] * 5]))
     assert np.all(lo <= hi) and np.all(hi - lo > 0)
 
