@@ -4,14 +4,13 @@ Two ways of drawing a resample (`FitConfig.bootstrap_method`):
 
 * ``runs``: draw whole runs with replacement (a pairs/cluster bootstrap). It needs no model of the noise,
   but a resample changes the design: a given run is missing from about 35% of the resamples.
-* ``wild``: keep the design and every run; multiply each run's residual vector (log observed - log
-  fitted, all its points and all targets) by one random sign per run (a wild cluster bootstrap, Cameron,
-  Gelbach & Miller 2008). Whole runs keep one sign, so correlation within a run is kept.
 * ``parametric``: keep the design; draw new noise from the noise model the residuals estimate, one
   offset per run and domain (sigma_u, shared by the run's evaluations) plus independent noise per
   evaluation (sigma_e), both in log loss, added to the fitted curve (`noise_model`).
 
-docs/notes/coverage_study_2026-11-30.md measures how often the resulting intervals cover the truth.
+docs/notes/coverage_study_2026-11-30.md measures how often the resulting intervals cover the truth; a
+third way measured there, a wild bootstrap flipping each run's residuals (commit d8bc271), covered far
+too little (a run that alone identifies a parameter has almost no residual along it) and was removed.
 """
 
 from __future__ import annotations
@@ -43,27 +42,6 @@ def fitted_curves(ds: Dataset, ff: FormFit, d0: float):
         resid[pts, i] = prob[-1] - logL
         jacs.append(J[:, (tf.theta > lo) & (tf.theta < hi)])
     return logfit, resid, jacs
-
-
-def wild_residuals(ds: Dataset, ff: FormFit, d0: float) -> tuple[np.ndarray, np.ndarray]:
-    """Fitted log loss (n, m) and scaled residuals (n, m) of every target (nan where not evaluated).
-
-    Residuals of a least-squares-like fit are smaller than the errors by about sqrt((n - p) / n) (n points,
-    p parameters of the target): they are scaled back by sqrt(n / (n - p)) so that a resample's noise has
-    the data's size.
-    """
-    logfit, resid, jacs = fitted_curves(ds, ff, d0)
-    for i, J in enumerate(jacs):
-        n, p = J.shape
-        resid[:, i] *= np.sqrt(n / (n - p)) if n > p else 1.0
-    return logfit, resid
-
-
-def wild_resample(ds: Dataset, logfit: np.ndarray, resid: np.ndarray, rng: np.random.Generator) -> Dataset:
-    """The dataset with y = fitted * exp(sign(run) * residual): one Rademacher sign per run."""
-    signs = rng.choice(np.array([-1.0, 1.0]), size=ds.n_runs)
-    y = np.exp(logfit + signs[ds.run][:, None] * resid)  # nan (not evaluated) stays nan
-    return replace(ds, y=y)
 
 
 def noise_model(ds: Dataset, resid: np.ndarray, jacs: list | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -116,8 +94,6 @@ def parametric_resample(
 def _resample(ds: Dataset, method: str, model, rng: np.random.Generator) -> Dataset:
     if method == "runs":
         return ds.resample_runs(rng)
-    if method == "wild":
-        return wild_resample(ds, *model, rng)
     return parametric_resample(ds, *model, rng)
 
 
@@ -142,9 +118,7 @@ def bootstrap(ds: Dataset, ff: FormFit, cfg: FitConfig) -> dict[str, np.ndarray]
     thetas = [ff.targets[d].theta for d in ds.domains]
     refs = [ff.targets[d].ref for d in ds.domains]
     model = None
-    if cfg.bootstrap_method == "wild":
-        model = wild_residuals(ds, ff, cfg.d0)
-    elif cfg.bootstrap_method == "parametric":
+    if cfg.bootstrap_method == "parametric":
         logfit, resid, jacs = fitted_curves(ds, ff, cfg.d0)
         model = (logfit, *noise_model(ds, resid, jacs))
     jobs = [(ff.form, ds, cfg, b, thetas, refs, model) for b in range(cfg.bootstrap)]
@@ -154,8 +128,6 @@ def bootstrap(ds: Dataset, ff: FormFit, cfg: FitConfig) -> dict[str, np.ndarray]
 
 METHOD_TEXT = {
     "runs": "bootstrap over runs (resampled with replacement), each target refitted",
-    "wild": "wild cluster bootstrap (design kept; each run's residuals times one random sign), each target "
-    "refitted",
     "parametric": "parametric bootstrap (design kept; new per-run and per-evaluation noise of the size the "
     "residuals show), each target refitted",
 }

@@ -188,9 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--bootstrap", type=int, default=100, help="bootstrap resamples (0: none)")
     s.add_argument(
         "--bootstrap-method",
-        choices=("runs", "wild", "parametric"),
-        help="parametric: keep the runs, draw new per-run and per-evaluation noise; runs: resample whole "
-        "runs; wild: keep the runs, flip each run's residuals (default: FitConfig's; docs/lawfit.md)",
+        choices=("runs", "parametric"),
+        help="runs: resample whole runs; parametric: keep the runs, draw new per-run and per-evaluation "
+        "noise (default: FitConfig's; docs/lawfit.md)",
     )
     s.add_argument(
         "--interval",

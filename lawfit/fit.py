@@ -18,7 +18,7 @@ from .errors import LawfitError
 from .intervals import INTERVALS
 from .laws import D0_DEFAULT, FORMS, LawForm, TargetLaw
 
-BOOTSTRAP_METHODS = ("runs", "wild", "parametric")
+BOOTSTRAP_METHODS = ("runs", "parametric")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -35,8 +35,8 @@ class FitConfig:
     """Bootstrap resamples (0: no uncertainty)."""
     bootstrap_method: str = "runs"
     """How a resample is drawn (lawfit/bootstrap.py): 'runs' resamples whole runs with replacement,
-    'wild' keeps the design and flips each run's residuals with a random sign, 'parametric' keeps the
-    design and draws new noise from the per-run and per-evaluation noise the residuals estimate."""
+    'parametric' keeps the design and draws new noise of the per-run and per-evaluation size the
+    residuals show. docs/lawfit.md gives the coverage of each."""
     level: float = 0.9
     """Confidence level of the reported intervals."""
     interval: str = "percentile"

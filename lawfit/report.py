@@ -198,7 +198,7 @@ def write_report(laws: Laws, alloc: dict | None, out_dir: str | os.PathLike) -> 
         md.append("")
     lvl = laws.uncertainty.get("level")
     # laws.json files written before #12 have no "resample" field: they resampled runs.
-    how = {"runs": "over runs", "parametric": "parametric", "wild": "wild, by run"}.get(
+    how = {"runs": "over runs"}.get(
         laws.uncertainty.get("resample", "runs"), laws.uncertainty.get("resample")
     )
     md += [

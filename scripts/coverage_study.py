@@ -2,6 +2,7 @@
 
     python scripts/coverage_study.py run --condition iid --trials 100            # appends rows, resumable
     python scripts/coverage_study.py summary                                     # markdown tables
+    python scripts/coverage_study.py decide --label round2                       # the protocol's rule
 
 Each trial (lawfit/coverage.py) draws known laws, a pilot design and noisy run logs, fits them, bootstraps
 with every method asked for, and records for each group of quantities how many intervals held the truth.
@@ -144,6 +145,36 @@ def cmd_summary(a) -> None:
             print(f"- {label} {method}/{rule}: " + "; ".join(parts))
 
 
+DECISION_GROUPS = ("E", "A", "alpha", "k_pos", "gamma", "pred_1x", "pred_4x", "pred_10x")
+
+
+def cmd_decide(a) -> None:
+    """The protocol's decision rule over `--label`: per method/rule, the largest |coverage - level| over
+    the decision groups in `iid` and `run_correlated`, and whether a prediction group's 95% interval lies
+    wholly below the level (under-covering)."""
+    rows = [json.loads(x) for x in a.out.read_text().splitlines() if x.strip()]
+    rows = [r for r in rows if r["label"] == a.label and r["condition"] in ("iid", "run_correlated")]
+    rng = np.random.default_rng(0)
+    print(f"| {a.label}: method/rule | max abs(coverage - 0.9) | worst (condition, group) | under-covers |")
+    print("| --- | --- | --- | --- |")
+    for method, rule in sorted({(r["method"], r["rule"]) for r in rows}):
+        worst, where, under = 0.0, "", []
+        for cond in ("iid", "run_correlated"):
+            rs = [r for r in rows if (r["condition"], r["method"], r["rule"]) == (cond, method, rule)]
+            for g in DECISION_GROUPS:
+                have = [r["groups"][g] for r in rs if g in r["groups"]]
+                if not have:
+                    continue
+                p, lo, hi = _boot_ci(
+                    np.array([h[0] for h in have], float), np.array([h[1] for h in have], float), rng
+                )
+                if abs(p - 0.9) > worst:
+                    worst, where = abs(p - 0.9), f"{cond}, {g} ({p:.3f})"
+                if g.startswith("pred") and hi < 0.9:
+                    under.append(f"{cond}/{g}")
+        print(f"| {method}/{rule} | {worst:.3f} | {where} | {', '.join(under) or 'no'} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -158,7 +189,10 @@ def main() -> None:
     r.set_defaults(fn=cmd_run)
     s = sub.add_parser("summary")
     s.set_defaults(fn=cmd_summary)
-    for p in (r, s):
+    d = sub.add_parser("decide")
+    d.add_argument("--label", default="round2")
+    d.set_defaults(fn=cmd_decide)
+    for p in (r, s, d):
         p.add_argument("--out", type=Path, default=OUT)
     a = ap.parse_args()
     a.fn(a)
