@@ -99,8 +99,8 @@ def main() -> None:
     prob = F._problem(ds, 0)
     ref = F.reference_scale(prob, cfg.d0)
     th0 = F._grid_starts(form, prob, [d for d in ds.domains if d != ds.domains[0]], cfg.d0, ref)[0]
-    bounds = form.bounds(ds.domains[1:], float(np.exp(prob[-1].min())))
-    lo, hi = np.array(bounds).T
+    lo, hi = F.box(form, ds.domains[1:], prob)
+    bounds = list(zip(lo, hi))
     args = (form, prob, cfg.huber_delta, cfg.d0, ref)
     from threadpoolctl import threadpool_limits
 

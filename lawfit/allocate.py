@@ -16,7 +16,6 @@ from scipy.optimize import minimize
 
 from .errors import LawfitError
 from .hubs import hub_analysis
-from .intervals import interval
 from .laws import TargetLaw
 from .lawsfile import Laws
 
@@ -309,9 +308,7 @@ def allocate(
                 lb = p.w @ laws.predict(s.astype(float)[None], t)[0]
                 la = p.w @ laws.predict(samples.astype(float)[None], t)[0]
                 rel.append((lb - la) / lb)
-            lvl = laws.uncertainty.get("level", 0.9)
-            rule = laws.uncertainty.get("interval", "percentile")
-            iv = interval(rel, lvl, rule, estimate=e["improvement"]["raw"])
+            iv = laws.interval_of(rel, estimate=e["improvement"]["raw"])
             e["improvement"]["raw_interval"] = [float(v) for v in iv]
         out["baselines"][name] = e
     if boots:

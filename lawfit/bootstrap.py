@@ -20,7 +20,7 @@ from dataclasses import replace
 import numpy as np
 
 from .dataset import Dataset
-from .fit import FitConfig, FormFit, _map, _problem, fit_target
+from .fit import FitConfig, FormFit, _map, _problem, box, fit_target
 from .laws import FORMS
 
 
@@ -37,7 +37,7 @@ def fitted_curves(ds: Dataset, ff: FormFit, d0: float):
         tf = ff.targets[d]
         prob = _problem(ds, i)
         logL, J = form.evaluate(tf.theta, *prob[:4], d0, ref=tf.ref)
-        lo, hi = np.array(form.bounds([o for o in ds.domains if o != d], float(np.exp(prob[-1].min())))).T
+        lo, hi = box(form, [o for o in ds.domains if o != d], prob)
         logfit[pts, i] = logL
         resid[pts, i] = prob[-1] - logL
         jacs.append(J[:, (tf.theta > lo) & (tf.theta < hi)])

@@ -17,7 +17,7 @@ from .dataset import build_dataset, load_runs
 from .errors import LawfitError
 from .fit import BOOTSTRAP_METHODS, FitConfig, fit_forms
 from .intervals import interval
-from .laws import FORMS
+from .lawsfile import unpack_samples
 from .simulate import default_design, random_laws, simulate_runs
 
 PRED_SCALES = (1.0, 4.0, 10.0)
@@ -89,7 +89,6 @@ def coverage_trial(
         ds = build_dataset(load_runs([tmp]))
     base = FitConfig(forms=("transfer",), bootstrap=design.bootstrap, workers=1, progress=False, seed=seed)
     ff = fit_forms(ds, base)[0]["transfer"]
-    form = FORMS["transfer"]
     doms = truth.domains
     rng = np.random.default_rng([seed, 7])
     mixes = np.stack([np.full(design.m, 1.0 / design.m), rng.dirichlet(np.ones(design.m))])
@@ -101,10 +100,8 @@ def coverage_trial(
     for method in methods:
         cfg = replace(base, bootstrap_method=method)
         samples = bootstrap(ds, ff, cfg)
-        n = min(len(samples[d]) for d in doms)
-        boots = [
-            {d: form.unpack(samples[d][b], d, [o for o in doms if o != d]) for d in doms} for b in range(n)
-        ]
+        boots = unpack_samples("transfer", doms, samples)
+        n = len(boots)
         preds = {s: np.stack([truth.predict(D, t) for t in boots]) for s, D in points.items()}
         for rule in rules:
             acc: dict[str, list[tuple[bool, float]]] = {g: [] for g in GROUPS}

@@ -1,6 +1,5 @@
 """Fitting: Huber loss on log-loss residuals, multi-start trust-region least squares in float64, targets in
-parallel,
-form selection by cross-validation over runs. Uncertainty (the bootstrap) lives in lawfit/bootstrap.py."""
+parallel, form selection by cross-validation over runs. Uncertainty (the bootstrap): lawfit/bootstrap.py."""
 
 from __future__ import annotations
 
@@ -98,6 +97,12 @@ def _problem(ds: Dataset, i: int, rows: np.ndarray | None = None):
     return (ds.D[pts, i], ds.D[pts][:, others], ds.U[pts, i], ds.U[pts][:, others], np.log(ds.y[pts, i]))
 
 
+def box(form: LawForm, others: list[str], prob) -> tuple[np.ndarray, np.ndarray]:
+    """Lower and upper bounds of the fit vector for this target's points (E below the lowest loss)."""
+    lo, hi = np.array(form.bounds(others, float(np.exp(prob[-1].min())))).T
+    return lo, hi
+
+
 def _objective(theta, form: LawForm, prob, delta: float, d0: float, ref: float):
     D_own, D_oth, U_own, U_oth, logy = prob
     logL, J = form.evaluate(theta, D_own, D_oth, U_own, U_oth, d0, ref=ref)
@@ -112,11 +117,11 @@ def _objective(theta, form: LawForm, prob, delta: float, d0: float, ref: float):
     if form.transfer:
         # gamma_j is not identified where kappa_j ~ 0 (an island pair): a weak ridge towards 1 removes that
         # flat direction; it is far below the data's curvature wherever the transfer is real.
-        m = (len(theta) - 3 - form.repetition) // 2
-        g = theta[3 + m : 3 + 2 * m]
+        gs = form.gamma_slice(len(theta))
+        g = theta[gs]
         val += GAMMA_RIDGE * float(((g - 1.0) ** 2).sum())
         grad = grad.copy()
-        grad[3 + m : 3 + 2 * m] += 2 * GAMMA_RIDGE * (g - 1.0)
+        grad[gs] += 2 * GAMMA_RIDGE * (g - 1.0)
     return val, grad
 
 
@@ -182,8 +187,8 @@ def _solve(theta0, form: LawForm, prob, delta: float, d0: float, ref: float, lo,
     objectives in 5-50 evaluations.
     """
     n = len(prob[-1])
-    m = (len(theta0) - 3 - form.repetition) // 2 if form.transfer else 0
-    g_idx = np.arange(3 + m, 3 + 2 * m)
+    g_idx = np.arange(len(theta0))[form.gamma_slice(len(theta0))]
+    m = len(g_idx)
     c = np.sqrt(2.0 * n * delta * GAMMA_RIDGE)  # 0.5 (c (g - 1))^2 = n delta GAMMA_RIDGE (g - 1)^2
     cache = {}
 
@@ -245,10 +250,7 @@ def fit_target(
     if n < 3:
         raise LawfitError(f"target '{target}': only {n} evaluation points; need at least 3 to fit")
     ref = reference_scale(prob, cfg.d0) if ref is None else ref
-    y_min = float(np.exp(prob[-1].min()))
-    bounds = form.bounds(others, y_min)
-    lo = np.array([b[0] for b in bounds])
-    hi = np.array([b[1] for b in bounds])
+    lo, hi = box(form, others, prob)
     args = (form, prob, cfg.huber_delta, cfg.d0, ref)
     starts = init if init is not None else _grid_starts(form, prob, others, cfg.d0, ref)
     n_starts = len(starts)

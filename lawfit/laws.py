@@ -120,6 +120,11 @@ class LawForm:
             names.append("log_r_star")
         return names
 
+    def gamma_slice(self, n_params: int) -> slice:
+        """Where the gamma_j sit in a fit vector of n_params entries (empty without transfer)."""
+        m = (n_params - 3 - self.repetition) // 2 if self.transfer else 0
+        return slice(3 + m, 3 + 2 * m)
+
     def bounds(self, others: list[str], y_min: float) -> list[tuple[float, float]]:
         # E may sit slightly above the lowest observed loss only by noise.
         b = [(np.log(y_min * 1e-3), np.log(y_min * 1.05)), (-25.0, 25.0), (0.01, 2.0)]

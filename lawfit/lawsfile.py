@@ -59,13 +59,18 @@ class Laws:
         unc = self.uncertainty
         if not unc or not unc.get("samples"):
             return []
-        form = get_form(self.form)
-        per = {d: np.asarray(unc["samples"][d], dtype=np.float64) for d in self.domains}
-        n = min(len(v) for v in per.values())
-        return [
-            {d: form.unpack(per[d][b], d, [o for o in self.domains if o != d]) for d in self.domains}
-            for b in range(n)
-        ]
+        return unpack_samples(self.form, self.domains, unc["samples"])
+
+    @property
+    def interval_rule(self) -> str:
+        """How this file's intervals are read off the draws (files written before #12 have none)."""
+        return self.uncertainty.get("interval", "percentile")
+
+    def interval_of(self, draws, estimate=None, level: float | None = None, axis: int = 0):
+        """(lo, hi) of bootstrap draws of any quantity, at this file's level and with its rule; `estimate`
+        (the quantity under the point laws) is needed by the 'bc' rule only."""
+        level = level or self.uncertainty.get("level", 0.9)
+        return interval(draws, level, self.interval_rule, estimate=estimate, axis=axis)
 
     def predict_interval(self, D: np.ndarray, level: float | None = None, boots: list | None = None):
         """(lo, hi) of the predicted losses at rows D over the bootstrap laws, or None without them, read
@@ -74,10 +79,9 @@ class Laws:
         boots = self.bootstrap_targets() if boots is None else boots
         if not boots:
             return None
-        level = level or self.uncertainty.get("level", 0.9)
         preds = np.stack([self.predict(D, t) for t in boots])
-        rule = self.uncertainty.get("interval", "percentile")
-        return interval(preds, level, rule, estimate=self.predict(D), axis=0)
+        estimate = self.predict(D) if self.interval_rule == "bc" else None
+        return self.interval_of(preds, estimate, level=level, axis=0)
 
     # ---- file ---------------------------------------------------------------------------------------
     def to_json(self) -> dict:
@@ -172,3 +176,12 @@ class Laws:
     @classmethod
     def load(cls, path: str | os.PathLike) -> Laws:
         return cls.from_json(read_json(path), str(path))
+
+
+def unpack_samples(form: str, domains: list[str], samples: dict) -> list[dict[str, TargetLaw]]:
+    """Bootstrap draws as laws: samples[d] holds target d's natural parameter vectors (one per resample);
+    draw b is {d: law of d in resample b}, over the resamples every target has."""
+    f = get_form(form)
+    per = {d: np.asarray(samples[d], dtype=np.float64) for d in domains}
+    n = min(len(v) for v in per.values())
+    return [{d: f.unpack(per[d][b], d, [o for o in domains if o != d]) for d in domains} for b in range(n)]

@@ -198,11 +198,9 @@ def write_report(laws: Laws, alloc: dict | None, out_dir: str | os.PathLike) -> 
         md.append("")
     lvl = laws.uncertainty.get("level")
     # laws.json files written before #12 have no "resample" field: they resampled runs.
-    how = {"runs": "over runs"}.get(
-        laws.uncertainty.get("resample", "runs"), laws.uncertainty.get("resample")
-    )
+    how = laws.uncertainty.get("resample", "runs")
     md += [
-        f"## Laws{f' ({int(100 * lvl)}% bootstrap intervals, {how})' if lvl else ''}",
+        f"## Laws{f' ({int(100 * lvl)}% bootstrap intervals, resampling {how})' if lvl else ''}",
         "",
         "| target | E | A | alpha | fit RMSE (log) |",
         "| --- | --- | --- | --- | --- |",

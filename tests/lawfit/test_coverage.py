@@ -34,8 +34,7 @@ THRESHOLD = max(t for t in range(K + 1) if binom.cdf(t - 1, K, P0) <= 5e-4)
 
 def _trial(seed: int) -> dict:
     cfg = FitConfig()
-    rule = "weibull" if cfg.interval == "percentile" else cfg.interval
-    return coverage_trial(TEST_DESIGN, seed, methods=(cfg.bootstrap_method,), rules=(rule,))[0]
+    return coverage_trial(TEST_DESIGN, seed, methods=(cfg.bootstrap_method,), rules=(cfg.interval,))[0]
 
 
 @pytest.mark.slow
