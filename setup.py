@@ -1,6 +1,9 @@
 """Builds voxmix's C++ ops (csrc/ -> kernels._C) with torch.utils.cpp_extension and ninja.
 
-Everything else (metadata, dependencies, packages) lives in pyproject.toml. The build needs the torch
+It also maps the repository's top-level folders to the installed `voxmix` namespace (formats/ ->
+voxmix.formats, kernels/ -> voxmix.kernels, ...): generic names such as `kernels` and `trainer` belong to
+other distributions on the package index and must never be installed at top level. Everything else
+(metadata, dependencies) lives in pyproject.toml. The build needs the torch
 already installed (`pip install --no-build-isolation -e ".[train,dev]"`, see the Makefile). A failed
 or skipped build never fails the install: kernels/_ext.py then falls back to PyTorch with a warning.
 Set VOXMIX_NO_EXT=1 to skip the build.
@@ -48,16 +51,33 @@ def _extensions():
     if with_cuda:
         args["nvcc"] = ["-O3", "--use_fast_math"]
         ext = CUDAExtension(
-            "kernels._C",
+            "voxmix.kernels._C",
             sources + cuda_sources,
             extra_compile_args=args,
             extra_link_args=["-fopenmp"],
             define_macros=[("VOXMIX_WITH_CUDA", None)],
         )
     else:
-        ext = CppExtension("kernels._C", sources, extra_compile_args=args, extra_link_args=["-fopenmp"])
+        ext = CppExtension(
+            "voxmix.kernels._C", sources, extra_compile_args=args, extra_link_args=["-fopenmp"]
+        )
     return [ext], {"build_ext": LenientBuild}
 
 
+# voxmix/ holds only the namespace's __init__; each of these folders becomes voxmix.<folder>.
+FOLDERS = ("formats", "kernels", "lawfit", "trainer")
+
+
+def _packages() -> tuple[list[str], dict[str, str]]:
+    packages, package_dir = ["voxmix"], {"voxmix": "voxmix"}
+    for folder in FOLDERS:
+        package_dir[f"voxmix.{folder}"] = folder
+        for init in sorted(glob.glob(os.path.join(ROOT, folder, "**", "__init__.py"), recursive=True)):
+            rel = os.path.relpath(os.path.dirname(init), ROOT)
+            packages.append("voxmix." + rel.replace(os.sep, "."))
+    return packages, package_dir
+
+
+packages, package_dir = _packages()
 ext_modules, cmdclass = _extensions()
-setup(ext_modules=ext_modules, cmdclass=cmdclass)
+setup(packages=packages, package_dir=package_dir, ext_modules=ext_modules, cmdclass=cmdclass)

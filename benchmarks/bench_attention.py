@@ -17,12 +17,10 @@ import sys
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from harness import Recorder, default_out, fwd_bwd_fns, measure, parse_args, print_table, tflops  # noqa: E402
-
-from kernels.attention import attention, attention_ref  # noqa: E402
+from benchmarks.harness import Recorder, default_out, fwd_bwd_fns, measure, parse_args, print_table, tflops  # noqa: E402
+from voxmix.kernels.attention import attention, attention_ref  # noqa: E402
 
 MODES = ("fwd", "bwd", "fwd+bwd")
 FA4_MIN_N = 512

@@ -24,14 +24,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lawfit.allocate import Budget, allocate  # noqa: E402
-from lawfit.bootstrap import bootstrap  # noqa: E402
-from lawfit.dataset import build_dataset, load_runs  # noqa: E402
-from lawfit.fit import FitConfig, fit_target  # noqa: E402
-from lawfit.laws import FORMS  # noqa: E402
-from lawfit.lawsfile import Laws  # noqa: E402
-from lawfit.simulate import default_design, random_laws, simulate_runs  # noqa: E402
-from lawfit.study import fit_laws  # noqa: E402
+from voxmix.lawfit.allocate import Budget, allocate  # noqa: E402
+from voxmix.lawfit.bootstrap import bootstrap  # noqa: E402
+from voxmix.lawfit.dataset import build_dataset, load_runs  # noqa: E402
+from voxmix.lawfit.fit import FitConfig, fit_target  # noqa: E402
+from voxmix.lawfit.laws import FORMS  # noqa: E402
+from voxmix.lawfit.lawsfile import Laws  # noqa: E402
+from voxmix.lawfit.simulate import default_design, random_laws, simulate_runs  # noqa: E402
+from voxmix.lawfit.study import fit_laws  # noqa: E402
 
 
 def truth_laws(m: int, seed: int) -> Laws:
@@ -93,7 +93,7 @@ def main() -> None:
     # Baseline: one start of one target, L-BFGS-B on the Huber objective (the solver before #12) vs _solve.
     from scipy.optimize import minimize
 
-    from lawfit import fit as F
+    from voxmix.lawfit import fit as F
 
     form = FORMS[laws.form]
     prob = F._problem(ds, 0)

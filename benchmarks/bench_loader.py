@@ -30,15 +30,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from harness import Recorder, default_out, print_table  # noqa: E402
-
-from trainer.data.allocation import make_allocation  # noqa: E402
-from trainer.data.loader import build_loader, dali_available  # noqa: E402
-from trainer.data.manifest import VolumeRecord, read_manifest, write_manifest  # noqa: E402
-from trainer.data.mixture import MixtureSampler  # noqa: E402
+from benchmarks.harness import Recorder, default_out, print_table  # noqa: E402
+from voxmix.formats.allocation import make_allocation  # noqa: E402
+from voxmix.formats.manifest import VolumeRecord, read_manifest, write_manifest  # noqa: E402
+from voxmix.trainer.data.loader import build_loader, dali_available  # noqa: E402
+from voxmix.trainer.data.mixture import MixtureSampler  # noqa: E402
 
 
 def make_volumes(root: Path, n: int, side: int) -> None:

@@ -13,12 +13,10 @@ import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from harness import Recorder, default_out, gbps, measure, parse_args, print_table  # noqa: E402
-
-from kernels.mae_loss import mae_loss, mae_loss_ref  # noqa: E402
+from benchmarks.harness import Recorder, default_out, gbps, measure, parse_args, print_table  # noqa: E402
+from voxmix.kernels.mae_loss import mae_loss, mae_loss_ref  # noqa: E402
 
 # Peak HBM bandwidth by device name (GB/s, vendor figures): the denominator of "% of HBM".
 HBM_PEAK = {"H200": 4800.0, "H100 SXM": 3350.0, "H100": 3350.0, "A100": 2039.0}

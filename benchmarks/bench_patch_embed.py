@@ -15,14 +15,21 @@ import sys
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from harness import Recorder, default_out, fwd_bwd_fns, gbps, measure, parse_args, print_table, tflops  # noqa: E402
-
-from kernels import _ext  # noqa: E402
-from kernels.patch_embed import patch_embed3d  # noqa: E402
-from kernels.patchify import patchify_ref, unpatchify_ref  # noqa: E402
+from benchmarks.harness import (  # noqa: E402
+    Recorder,
+    default_out,
+    fwd_bwd_fns,
+    gbps,
+    measure,
+    parse_args,
+    print_table,
+    tflops,
+)
+from voxmix.kernels import _ext  # noqa: E402
+from voxmix.kernels.patch_embed import patch_embed3d  # noqa: E402
+from voxmix.kernels.patchify import patchify_ref, unpatchify_ref  # noqa: E402
 
 
 def _conv(x, w, b, pos, patch):

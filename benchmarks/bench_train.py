@@ -29,9 +29,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.harness import Recorder, Timing, default_out, measure, print_table  # noqa: E402
-from trainer.config import ModelConfig  # noqa: E402
-from trainer.metrics import peak_tflops  # noqa: E402
-from trainer.model import MAE3D, train_flops_per_sample  # noqa: E402
+from voxmix.trainer.pretrain.config import ModelConfig  # noqa: E402
+from voxmix.trainer.pretrain.metrics import peak_tflops  # noqa: E402
+from voxmix.trainer.pretrain.model import MAE3D, train_flops_per_sample  # noqa: E402
 
 # (name, ModelConfig kwargs, batch per device)
 CPU_CASES = [
@@ -56,7 +56,7 @@ def monai_mae(cfg: ModelConfig):
 
 def monai_loss(model, x, cfg: ModelConfig):
     """MONAI's MAE forward and the usual normalized-pixel loss on the masked patches (plain PyTorch)."""
-    from kernels.patchify import patchify_ref
+    from voxmix.kernels.patchify import patchify_ref
 
     pred, mask = model(x)
     t = patchify_ref(x, (cfg.patch,) * 3).float()
@@ -113,13 +113,11 @@ def measure_all(steps: dict, device: str, rounds: int = 7, per_round: int = 3) -
 
 def data_wait(cfg: ModelConfig, batch: int, device: str, dtype, steps: int) -> dict:
     """Data-wait fraction of real training steps fed by the real loader from a phantom dataset."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "trainer"))
-    from trainer_helpers import make_dataset, write_allocation
-
-    from trainer.data.allocation import read_allocation
-    from trainer.data.loader import build_loader
-    from trainer.data.manifest import read_manifest
-    from trainer.data.mixture import MixtureSampler
+    from tests.trainer.pretrain.trainer_helpers import make_dataset, write_allocation
+    from voxmix.formats.allocation import read_allocation
+    from voxmix.formats.manifest import read_manifest
+    from voxmix.trainer.data.loader import build_loader
+    from voxmix.trainer.data.mixture import MixtureSampler
 
     with tempfile.TemporaryDirectory() as tmp:
         edge = cfg.crop + cfg.crop // 2

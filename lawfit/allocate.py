@@ -14,12 +14,12 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import minimize
 
+from voxmix.formats.allocation import FORMAT
+
 from .errors import LawfitError
 from .hubs import hub_analysis
 from .laws import TargetLaw
 from .lawsfile import Laws
-
-FORMAT = "voxmix.allocation/1"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -320,50 +320,3 @@ def allocate(
     out["hubs"] = hub_analysis(laws, at.astype(float), budget_samples=n_total)
     out["laws"] = {"form": laws.form, "domains": doms}
     return out
-
-
-WEIGHT_TOL = 1e-6
-
-
-def is_integral(x) -> bool:
-    if isinstance(x, bool):
-        return False
-    return isinstance(x, int) or (isinstance(x, float) and np.isfinite(x) and x == int(x))
-
-
-def validate_allocation(obj, where: str) -> dict:
-    """Check the parts of `voxmix.allocation/1` every reader relies on (the trainer's reader calls this
-    too): format, integer `budget.samples`, per-domain `weight` (finite, >= 0, summing to 1) and `samples`
-    (integers >= 0 summing to the budget). Returns `obj` unchanged."""
-    if not isinstance(obj, dict):
-        raise LawfitError(f"{where}: expected a JSON object")
-    if obj.get("format") != FORMAT:
-        raise LawfitError(f"{where}: field 'format' must be {FORMAT!r}, got {obj.get('format')!r}")
-    budget = obj.get("budget")
-    if not isinstance(budget, dict) or "samples" not in budget:
-        raise LawfitError(f"{where}: field 'budget.samples' is missing")
-    total = budget["samples"]
-    if not is_integral(total) or total < 0:
-        raise LawfitError(f"{where}: field 'budget.samples' must be an integer >= 0, got {total!r}")
-    doms = obj.get("domains")
-    if not isinstance(doms, dict) or not doms:
-        raise LawfitError(f"{where}: field 'domains' must be a non-empty object")
-    wsum, nsum = 0.0, 0
-    for name in sorted(doms):
-        entry = doms[name]
-        if not isinstance(entry, dict):
-            raise LawfitError(f"{where}: domain {name!r}: expected an object with weight and samples")
-        w, n = entry.get("weight"), entry.get("samples")
-        if isinstance(w, bool) or not isinstance(w, (int, float)) or not np.isfinite(w) or w < 0:
-            raise LawfitError(f"{where}: domain {name!r}: field 'weight' must be finite and >= 0, got {w!r}")
-        if not is_integral(n) or n < 0:
-            raise LawfitError(f"{where}: domain {name!r}: field 'samples' must be an integer >= 0, got {n!r}")
-        wsum += w
-        nsum += int(n)
-    if abs(wsum - 1.0) > WEIGHT_TOL:
-        raise LawfitError(f"{where}: field 'domains.*.weight' must sum to 1 (tolerance 1e-6), got {wsum!r}")
-    if nsum != int(total):
-        raise LawfitError(
-            f"{where}: field 'domains.*.samples' sums to {nsum}, but 'budget.samples' is {int(total)}"
-        )
-    return obj

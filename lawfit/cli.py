@@ -6,6 +6,8 @@ import argparse
 import sys
 import warnings
 
+from voxmix.formats.errors import FormatError
+
 from .errors import LawfitError
 
 
@@ -60,8 +62,9 @@ def cmd_fit(a) -> int:
 
 
 def cmd_allocate(a) -> int:
+    from voxmix.formats.allocation import write_allocation
+
     from .allocate import Budget, allocate
-    from .io import atomic_write_json
     from .lawsfile import Laws
 
     if a.budget_samples is not None and a.budget_hours is not None:
@@ -78,7 +81,7 @@ def cmd_allocate(a) -> int:
         min_share=a.min_share,
         seed=a.seed,
     )
-    atomic_write_json(a.output, alloc)
+    write_allocation(a.output, alloc)
     print(f"wrote {a.output}: {alloc['budget']['samples']} samples")
     for d, e in alloc["domains"].items():
         print(
@@ -99,7 +102,8 @@ def cmd_allocate(a) -> int:
 
 
 def cmd_validate(a) -> int:
-    from .io import atomic_write_json
+    from voxmix.formats.io import atomic_write_json
+
     from .validate import format_table, validate
 
     res = validate(_dataset(a), a.fit_max_samples, _fit_config(a))
@@ -110,7 +114,8 @@ def cmd_validate(a) -> int:
 
 
 def cmd_plan(a) -> int:
-    from .io import atomic_write_json
+    from voxmix.formats.plan import write_plan
+
     from .plan import make_plan
 
     plan = make_plan(
@@ -123,7 +128,7 @@ def cmd_plan(a) -> int:
         seed=a.seed,
         max_epochs=a.max_epochs,
     )
-    atomic_write_json(a.output, plan)
+    write_plan(a.output, plan)
     print(
         f"wrote {a.output}: {len(plan['runs'])} runs, {plan['pilot_samples']} pilot samples "
         f"({100 * plan['pilot_samples'] / plan['target_budget']:.1f}% of the target budget)"
@@ -138,26 +143,27 @@ def cmd_plan(a) -> int:
 
 
 def cmd_report(a) -> int:
-    from .allocate import validate_allocation
-    from .io import read_json
+    from voxmix.formats.allocation import read_allocation
+
     from .lawsfile import Laws
     from .report import write_report
 
     laws = Laws.load(a.laws)
-    alloc = validate_allocation(read_json(a.allocation), a.allocation) if a.allocation else None
+    alloc = read_allocation(a.allocation).to_json() if a.allocation else None
     files = write_report(laws, alloc, a.output)
     print(f"wrote {len(files)} files to {a.output}: " + ", ".join(p.name for p in files))
     return 0
 
 
 def cmd_simulate(a) -> int:
-    from .io import read_json
+    from voxmix.formats.plan import plan_json, read_plan
+
     from .lawsfile import Laws
     from .simulate import default_design, simulate_runs
 
     laws = Laws.load(a.truth)
     if a.plan:
-        plan = read_json(a.plan)
+        plan = plan_json(read_plan(a.plan))
     else:
         plan = default_design(
             laws, budget_per_run=a.budget_per_run, n_mixtures=a.mixtures, n_evals=a.evals, seed=a.seed
@@ -263,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", category=RuntimeWarning)
             return args.fn(args)
-    except LawfitError as exc:
+    except (LawfitError, FormatError) as exc:
         print(f"lawfit: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from voxmix.formats.runlog import RunLog, find_runlogs, read_runlog
+
 from .errors import LawfitError
-from .runlog import RunLog, find_runlogs, read_runlog
 
 
 @dataclass

@@ -9,9 +9,10 @@ from typing import Any
 
 import numpy as np
 
+from voxmix.formats.io import atomic_write_json, read_json
+
 from .errors import LawfitError
 from .intervals import interval
-from .io import atomic_write_json, read_json
 from .laws import D0_DEFAULT, FORMS, TargetLaw, get_form, law_value_grad
 
 FORMAT = "voxmix.laws/1"

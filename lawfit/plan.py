@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import LawfitError
+from voxmix.formats.plan import FORMAT
 
-FORMAT = "voxmix.plan/1"
+from .errors import LawfitError
 
 
 def eval_points(budget: int, n: int, span: float = 64.0) -> list[int]:
@@ -104,39 +104,3 @@ def make_plan(
         "runs": out_runs,
         "warnings": warnings,
     }
-
-
-def validate_plan(obj, where: str) -> dict:
-    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
-        raise LawfitError(f"{where}: field 'format': expected '{FORMAT}'")
-    domains = obj.get("domains")
-    if not isinstance(domains, list) or not domains:
-        raise LawfitError(f"{where}: field 'domains': expected a non-empty list")
-    runs = obj.get("runs")
-    if not isinstance(runs, list) or not runs:
-        raise LawfitError(f"{where}: field 'runs': expected a non-empty list")
-    ids = set()
-    for a, r in enumerate(runs):
-        base = f"runs[{a}]"
-        for key in ("run_id", "mixture", "budget_samples", "eval_at"):
-            if key not in r:
-                raise LawfitError(f"{where}: field '{base}.{key}' is missing")
-        if r["run_id"] in ids:
-            raise LawfitError(f"{where}: field '{base}.run_id': duplicate id {r['run_id']!r}")
-        ids.add(r["run_id"])
-        unknown = [d for d in r["mixture"] if d not in domains]
-        if unknown:
-            raise LawfitError(f"{where}: field '{base}.mixture': unknown domain(s) {unknown}")
-        w = list(r["mixture"].values())
-        if any((not isinstance(x, (int, float))) or x < 0 or x != x for x in w) or abs(sum(w) - 1) > 1e-6:
-            raise LawfitError(f"{where}: field '{base}.mixture': weights must be >= 0 and sum to 1, got {w}")
-        if not isinstance(r["budget_samples"], int) or r["budget_samples"] <= 0:
-            raise LawfitError(f"{where}: field '{base}.budget_samples': expected a positive integer")
-        ev = r["eval_at"]
-        if (
-            not isinstance(ev, list)
-            or any(not isinstance(x, int) or x <= 0 for x in ev)
-            or ev != sorted(set(ev))
-        ):
-            raise LawfitError(f"{where}: field '{base}.eval_at': expected increasing positive integers")
-    return obj

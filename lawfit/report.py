@@ -7,8 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
+from voxmix.formats.io import atomic_write_text
+
 from .hubs import HUB_OUT, ISLAND, hub_analysis
-from .io import atomic_write_text
 from .lawsfile import Laws
 
 

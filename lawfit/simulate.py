@@ -7,11 +7,13 @@ from pathlib import Path
 
 import numpy as np
 
+from voxmix.formats.plan import validate_plan
+from voxmix.formats.runlog import FILENAME, RunLogWriter
+
 from .errors import LawfitError
 from .laws import TargetLaw, TransferTerm
 from .lawsfile import Laws
-from .plan import make_plan, validate_plan
-from .runlog import FILENAME, RunLogWriter
+from .plan import make_plan
 
 
 def default_design(

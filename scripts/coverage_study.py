@@ -27,9 +27,9 @@ from scipy.stats import beta
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lawfit.coverage import CONDITIONS, GROUPS, coverage_trial  # noqa: E402
-from lawfit.fit import BOOTSTRAP_METHODS  # noqa: E402
-from lawfit.intervals import RULES  # noqa: E402
+from voxmix.lawfit.coverage import CONDITIONS, GROUPS, coverage_trial  # noqa: E402
+from voxmix.lawfit.fit import BOOTSTRAP_METHODS  # noqa: E402
+from voxmix.lawfit.intervals import RULES  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results" / "coverage.jsonl"
 SEED0 = 1000  # trial t uses seed SEED0 + t (the unit tests use seeds below 10)

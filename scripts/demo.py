@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 from demo_report import compare, table  # noqa: E402
 
-from lawfit.io import atomic_write_json, atomic_write_text  # noqa: E402
+from voxmix.formats.io import atomic_write_json, atomic_write_text  # noqa: E402
 
 PY = sys.executable
 DOMAINS = ["ct_abdomen", "ct_chest", "mri_brain", "pet_wholebody"]
@@ -68,7 +68,7 @@ class Stages:
 
 
 def train_counts(manifest: Path) -> dict[str, int]:
-    from trainer.data.manifest import read_manifest
+    from voxmix.formats.manifest import read_manifest
 
     m = read_manifest(manifest)
     return {d: len(m.select(domain=d, split="train")) for d in m.domains()}

@@ -15,8 +15,8 @@ import numpy as np
 
 def compare(out: Path) -> dict:
     """Predicted vs measured held-out loss of the final runs; gains; r on the unseen budget; hub classes."""
-    from lawfit.lawsfile import Laws
-    from lawfit.runlog import read_runlog
+    from voxmix.formats.runlog import read_runlog
+    from voxmix.lawfit.lawsfile import Laws
 
     laws = Laws.load(out / "laws.json")
     alloc = json.loads((out / "allocation.json").read_text())

@@ -21,11 +21,11 @@ import sys
 import time
 from pathlib import Path
 
-from lawfit.io import atomic_write_json
-from trainer.downstream.config import load_config
-from trainer.downstream.models import load_encoder
-from trainer.downstream.stats import holm, paired_test, t_interval
-from trainer.downstream.tasks import run_protocol
+from voxmix.formats.encoder import read_encoder
+from voxmix.formats.io import atomic_write_json
+from voxmix.trainer.downstream.config import load_config
+from voxmix.trainer.downstream.stats import holm, paired_test, t_interval
+from voxmix.trainer.downstream.tasks import run_protocol
 
 FORMAT = "voxmix.comparison/1"
 QUICK = {"config": "quick", "seeds": 3, "per_domain": 32, "size": 48}
@@ -118,10 +118,11 @@ def format_table(
 
 def make_phantom_set(work: Path, per_domain: int, size: int, domains: list[str]) -> Path:
     """work/raw (phantoms with labels) -> work/data (ingested + labels.jsonl); reused when present."""
-    from trainer import phantoms
-    from trainer.downstream.labels import FILENAME, write_labels
-    from trainer.ingest.pipeline import ingest
-    from trainer.ingest.spec import load_spec
+    from voxmix.formats.labels import FILENAME
+    from voxmix.trainer.data import phantoms
+    from voxmix.trainer.data.ingest.pipeline import ingest
+    from voxmix.trainer.data.ingest.spec import load_spec
+    from voxmix.trainer.downstream.labels import write_labels
 
     data = work / "data"
     if (data / FILENAME).exists():
@@ -169,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     try:
         cfg = load_config(config)
-        blobs = {n: load_encoder(e) for n, e in zip(names, a.encoders)}
+        blobs = {n: read_encoder(e) for n, e in zip(names, a.encoders)}
         data = a.data
         if a.phantoms:
             domains = sorted({t.domain for t in cfg.seg} | {t.domain for t in cfg.cls})

@@ -17,11 +17,11 @@ import json
 import sys
 import time
 
-from lawfit.io import atomic_write_json
-from trainer.downstream.config import load_config
-from trainer.downstream.labels import LabelsError
-from trainer.downstream.models import load_encoder
-from trainer.downstream.tasks import run_protocol
+from voxmix.formats.encoder import read_encoder
+from voxmix.formats.io import atomic_write_json
+from voxmix.formats.labels import LabelsError
+from voxmix.trainer.downstream.config import load_config
+from voxmix.trainer.downstream.tasks import run_protocol
 
 RESULT_FORMAT = "voxmix.downstream/1"
 
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     try:
         cfg = load_config(a.config)
-        blob = load_encoder(a.encoder)
+        blob = read_encoder(a.encoder)
         results = run_protocol(blob, cfg, a.data, seed=a.seed, pretrained=not a.scratch, task=a.task)
     except (ValueError, LabelsError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)

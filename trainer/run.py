@@ -16,10 +16,7 @@ import socket
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # `python trainer/run.py` / the deepspeed launcher run this file as a script
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from trainer.config import Config, ConfigError, load_config  # noqa: E402
+from voxmix.trainer.pretrain.config import Config, ConfigError, load_config
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -99,9 +96,9 @@ def _parse_mixture(text: str) -> dict[str, float]:
 
 def load_data(cfg: Config, args, rank: int, world: int):
     """Manifest, allocation (rescaled to the budget) and sampler; every mismatch raises before training."""
-    from trainer.data.allocation import make_allocation, read_allocation
-    from trainer.data.manifest import read_manifest
-    from trainer.data.mixture import MixtureSampler
+    from voxmix.formats.allocation import make_allocation, read_allocation
+    from voxmix.formats.manifest import read_manifest
+    from voxmix.trainer.data.mixture import MixtureSampler
 
     if not cfg.data.manifest:
         raise ConfigError("config field 'data.manifest' is empty: pass --manifest or set it in the config")
@@ -135,7 +132,9 @@ def main(argv=None) -> int:
 
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    from trainer.loop import Trainer  # after the accelerator is chosen: deepspeed reads it at import
+    from voxmix.trainer.pretrain.loop import (
+        Trainer,  # after the accelerator is chosen: deepspeed reads it at import
+    )
 
     try:
         manifest, alloc, sampler = load_data(cfg, args, rank, world)

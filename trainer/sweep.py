@@ -17,7 +17,6 @@ some failed, 2 on bad input.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import shutil
@@ -28,24 +27,17 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lawfit.io import atomic_write_json, atomic_write_text
+from voxmix.formats.errors import FormatError
+from voxmix.formats.io import atomic_write_json, atomic_write_text
+from voxmix.formats.plan import PlannedRun, read_plan
+from voxmix.formats.runlog import FILENAME as RUNLOG
+from voxmix.formats.runlog import read_state
 
 REPO = Path(__file__).resolve().parents[1]
-RUNLOG = "runlog.jsonl"
 
 
 class SweepError(ValueError):
     """Bad input (plan, options): the message names the file and field."""
-
-
-@dataclass(kw_only=True)
-class PlannedRun:
-    run_id: str
-    role: str
-    mixture: dict[str, float]
-    budget_samples: int
-    eval_at: list[int]
-    seed: int
 
 
 @dataclass(kw_only=True)
@@ -58,67 +50,16 @@ class Outcome:
     final_loss: dict[str, float] = field(default_factory=dict)
 
 
-def read_plan(path: str | os.PathLike) -> list[PlannedRun]:
-    """The runs of a `voxmix.plan/1` file, checked field by field (docs/formats.md)."""
-    try:
-        obj = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise SweepError(f"{path}: cannot read the plan: {err}") from None
-    if not isinstance(obj, dict) or obj.get("format") != "voxmix.plan/1":
-        raise SweepError(f"{path}: field 'format' must be 'voxmix.plan/1'")
-    runs, seen = [], set()
-    for i, r in enumerate(obj.get("runs") or []):
-        where = f"{path}: runs[{i}]"
-        try:
-            run = PlannedRun(
-                run_id=str(r["run_id"]),
-                role=str(r.get("role", "fit")),
-                mixture={str(k): float(v) for k, v in r["mixture"].items()},
-                budget_samples=int(r["budget_samples"]),
-                eval_at=[int(x) for x in r.get("eval_at", [])],
-                seed=int(r.get("seed", 0)),
-            )
-        except (KeyError, TypeError, ValueError, AttributeError) as err:
-            raise SweepError(f"{where}: missing or ill-typed field ({err})") from None
-        if not run.run_id or "/" in run.run_id or run.run_id.startswith((".", "_")):
-            raise SweepError(f"{where}: field 'run_id' {run.run_id!r} is not a usable folder name")
-        if run.run_id in seen:
-            raise SweepError(f"{where}: duplicate run_id {run.run_id!r}")
-        if run.budget_samples <= 0 or sum(run.mixture.values()) <= 0:
-            raise SweepError(f"{where}: needs budget_samples > 0 and a mixture with positive weight")
-        seen.add(run.run_id)
-        runs.append(run)
-    if not runs:
-        raise SweepError(f"{path}: field 'runs' is empty")
-    return runs
-
-
 def run_state(run_dir: Path, run: PlannedRun) -> tuple[str, dict[str, float]]:
     """('done' | 'interrupted' | 'failed' | 'new', last eval losses) of a run folder."""
-    path = run_dir / RUNLOG
-    if not path.exists():
-        return "new", {}
-    start, last_eval, end = None, {}, None
-    for line in path.read_text().splitlines():
-        try:
-            ev = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a truncated last line of a killed run
-        kind = ev.get("event")
-        if kind == "start":
-            start = ev
-        elif kind == "eval":
-            last_eval = ev.get("loss", {})
-        elif kind == "end":
-            end = ev
-    if start and int(start.get("budget_samples", -1)) != run.budget_samples:
+    st = read_state(run_dir / RUNLOG)
+    if st.started and st.budget_samples != run.budget_samples:
         raise SweepError(
-            f"{path}: budget_samples {start.get('budget_samples')} differs from the plan's "
+            f"{run_dir / RUNLOG}: budget_samples {st.budget_samples} differs from the plan's "
             f"{run.budget_samples} for run {run.run_id!r}: remove the folder or use another --runs-dir"
         )
-    if end is not None:
-        return ("done" if end.get("status") == "completed" else "failed"), last_eval
-    return "interrupted", last_eval
+    kind = {"new": "new", "running": "interrupted", "completed": "done", "failed": "failed"}[st.status]
+    return kind, st.last_loss
 
 
 def _free_port() -> int:
@@ -351,7 +292,7 @@ def main(argv=None) -> int:
             if not Path(path).is_file():
                 raise SweepError(f"{opt} {path}: no such file")
         a.config, a.manifest = str(Path(a.config).resolve()), str(Path(a.manifest).resolve())
-        runs = read_plan(a.plan)
+        runs = read_plan(a.plan).runs
         if a.only:
             unknown = sorted(set(a.only) - {r.run_id for r in runs})
             if unknown:
@@ -361,7 +302,7 @@ def main(argv=None) -> int:
         if a.deepspeed and not Path(a.deepspeed).exists() and shutil.which(a.deepspeed) is None:
             raise SweepError(f"--deepspeed {a.deepspeed}: no such launcher")
         outcomes = (run_slurm if a.launcher == "slurm" else run_local)(runs, a, runs_dir)
-    except SweepError as err:
+    except (SweepError, FormatError) as err:
         print(f"sweep: error: {err}", file=sys.stderr)
         return 2
     print(summary(outcomes))

@@ -1,13 +1,10 @@
 """benchmarks/gpu_report.py: each target's threshold and scope, on rows shaped like the benchmarks' own."""
 
 import json
-import os
-import sys
 
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks"))
-import gpu_report  # noqa: E402
+from benchmarks import gpu_report
 
 
 def _att(n, vs_best, vs_fa4=None):

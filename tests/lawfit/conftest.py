@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from lawfit_helpers import make_truth
 
-from lawfit.dataset import build_dataset, load_runs
-from lawfit.fit import FitConfig
-from lawfit.lawsfile import Laws
-from lawfit.simulate import default_design, simulate_runs
-from lawfit.study import fit_laws
+from tests.lawfit.lawfit_helpers import make_truth
+from voxmix.lawfit.dataset import build_dataset, load_runs
+from voxmix.lawfit.fit import FitConfig
+from voxmix.lawfit.lawsfile import Laws
+from voxmix.lawfit.simulate import default_design, simulate_runs
+from voxmix.lawfit.study import fit_laws
 
 
 @pytest.fixture(scope="session")

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from lawfit.lawsfile import Laws
-from lawfit.simulate import random_laws
+from voxmix.lawfit.lawsfile import Laws
+from voxmix.lawfit.simulate import random_laws
 
 
 def make_truth(seed: int = 3, m: int = 5) -> Laws:

@@ -1,10 +1,11 @@
 import numpy as np
 import pytest
 
-from lawfit.allocate import Budget, allocate, build_problem, validate_allocation
-from lawfit.errors import LawfitError
-from lawfit.laws import TargetLaw, TransferTerm
-from lawfit.lawsfile import Laws
+from voxmix.formats.allocation import validate_allocation
+from voxmix.lawfit.allocate import Budget, allocate, build_problem
+from voxmix.lawfit.errors import LawfitError
+from voxmix.lawfit.laws import TargetLaw, TransferTerm
+from voxmix.lawfit.lawsfile import Laws
 
 T = TransferTerm
 

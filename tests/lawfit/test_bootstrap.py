@@ -5,13 +5,13 @@ import tempfile
 import numpy as np
 import pytest
 
-from lawfit.bootstrap import fitted_curves, noise_model, parametric_resample
-from lawfit.dataset import Dataset, build_dataset, load_runs
-from lawfit.errors import LawfitError
-from lawfit.fit import FitConfig, _objective, _problem, fit_forms, fit_target
-from lawfit.intervals import bias_corrected_interval, interval, percentile_interval
-from lawfit.laws import FORMS
-from lawfit.simulate import default_design, random_laws, simulate_runs
+from voxmix.lawfit.bootstrap import fitted_curves, noise_model, parametric_resample
+from voxmix.lawfit.dataset import Dataset, build_dataset, load_runs
+from voxmix.lawfit.errors import LawfitError
+from voxmix.lawfit.fit import FitConfig, _objective, _problem, fit_forms, fit_target
+from voxmix.lawfit.intervals import bias_corrected_interval, interval, percentile_interval
+from voxmix.lawfit.laws import FORMS
+from voxmix.lawfit.simulate import default_design, random_laws, simulate_runs
 
 
 @pytest.mark.parametrize("B", [24, 100])
@@ -196,7 +196,7 @@ def test_a_warm_started_refit_reaches_the_cold_fits_optimum():
 def test_bootstrap_method_is_validated_and_recorded(tmp_path):
     with pytest.raises(LawfitError, match="bootstrap_method"):
         FitConfig(bootstrap_method="jackknife")
-    from lawfit.study import fit_laws
+    from voxmix.lawfit.study import fit_laws
 
     _, ds = _small_study()
     for method in ("runs", "parametric"):

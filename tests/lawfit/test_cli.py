@@ -1,4 +1,4 @@
-"""The `lawfit` command end to end, as a user runs it (python -m lawfit in a subprocess)."""
+"""The `lawfit` command end to end, as a user runs it (the installed console script, in a subprocess)."""
 
 import json
 import subprocess
@@ -12,7 +12,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def lawfit(*args, cwd, ok=True):
     r = subprocess.run(
-        [sys.executable, "-m", "lawfit", *map(str, args)], cwd=cwd, capture_output=True, text=True
+        [str(Path(sys.executable).parent / "lawfit"), *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
     )
     if ok:
         assert r.returncode == 0, r.stderr
@@ -149,7 +152,7 @@ def test_bad_input_exits_2_with_a_clear_message(workdir, args, match):
 
 def test_simulate_run_noise_and_fit_bootstrap_method(workdir, tmp_path):
     """--run-noise shifts whole runs; --bootstrap-method is recorded in laws.json (default: the library's)."""
-    from lawfit.fit import FitConfig
+    from voxmix.lawfit.fit import FitConfig
 
     assert json.loads((workdir / "laws.json").read_text())["uncertainty"]["resample"] == (
         FitConfig().bootstrap_method

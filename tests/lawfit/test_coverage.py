@@ -18,8 +18,8 @@ from concurrent.futures import ProcessPoolExecutor
 import pytest
 from scipy.stats import binom
 
-from lawfit.coverage import TEST_DESIGN, coverage_trial
-from lawfit.fit import FitConfig
+from voxmix.lawfit.coverage import TEST_DESIGN, coverage_trial
+from voxmix.lawfit.fit import FitConfig
 
 K = 100
 P0 = 0.83

@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
-from lawfit.dataset import build_dataset, load_runs
-from lawfit.fit import FitConfig
-from lawfit.lawsfile import Laws
-from lawfit.validate import validate
+from voxmix.lawfit.dataset import build_dataset, load_runs
+from voxmix.lawfit.fit import FitConfig
+from voxmix.lawfit.lawsfile import Laws
+from voxmix.lawfit.validate import validate
 
 
 def test_fit_recovers_the_truth(truth, fitted):
@@ -32,7 +32,7 @@ def test_bootstrap_intervals_bracket_the_resampled_laws(fitted):
     """Coverage itself is a statistical claim, tested over many studies in test_coverage.py; here: the
     intervals in laws.json are those of the stored resamples under the file's rule, and prediction
     intervals are ordered and of positive width."""
-    from lawfit.intervals import interval
+    from voxmix.lawfit.intervals import interval
 
     unc = fitted.uncertainty
     assert unc["interval"] == FitConfig().interval and unc["resample"] == FitConfig().bootstrap_method
@@ -65,11 +65,10 @@ def test_held_out_budget_predictions(study_runs):
 
 def test_repetition_form_wins_when_data_repeats(tmp_path):
     """A truth with repetition (small unique data, R* = 2): CV must choose the repetition form."""
-    from lawfit_helpers import make_truth
-
-    from lawfit.laws import TargetLaw
-    from lawfit.simulate import default_design, simulate_runs
-    from lawfit.study import fit_laws
+    from tests.lawfit.lawfit_helpers import make_truth
+    from voxmix.lawfit.laws import TargetLaw
+    from voxmix.lawfit.simulate import default_design, simulate_runs
+    from voxmix.lawfit.study import fit_laws
 
     t = make_truth(seed=5, m=2)
     t.targets = {d: TargetLaw(d, x.E, x.A, x.alpha, x.transfer, r_star=2.0) for d, x in t.targets.items()}

@@ -1,12 +1,12 @@
 import numpy as np
 
-from lawfit.dataset import build_dataset, load_runs
-from lawfit.fit import FitConfig
-from lawfit.hubs import hub_analysis
-from lawfit.laws import TargetLaw, TransferTerm
-from lawfit.lawsfile import Laws
-from lawfit.simulate import default_design, simulate_runs
-from lawfit.study import fit_laws
+from voxmix.lawfit.dataset import build_dataset, load_runs
+from voxmix.lawfit.fit import FitConfig
+from voxmix.lawfit.hubs import hub_analysis
+from voxmix.lawfit.laws import TargetLaw, TransferTerm
+from voxmix.lawfit.lawsfile import Laws
+from voxmix.lawfit.simulate import default_design, simulate_runs
+from voxmix.lawfit.study import fit_laws
 
 
 def hub_truth() -> Laws:

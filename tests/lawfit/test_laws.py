@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from scipy.optimize import approx_fprime
 
-from lawfit.laws import FORMS, TargetLaw, TransferTerm, effective_data, law_value_grad
+from voxmix.lawfit.laws import FORMS, TargetLaw, TransferTerm, effective_data, law_value_grad
 
 DOMS = ["a", "b", "c"]
 LAW = TargetLaw(

@@ -24,7 +24,8 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from .manifest import Manifest
+from voxmix.formats.manifest import Manifest
+
 from .mixture import MixtureSampler
 from .torch_loader import SampleParams, rank_batches
 

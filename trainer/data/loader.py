@@ -17,8 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from voxmix.formats.manifest import Manifest
+
 from .crops import DEFAULT_JITTER, as_crop, augment_array, crop_params, read_roi
-from .manifest import Manifest
 from .mixture import MixtureSampler, crop_seed
 from .torch_loader import SampleParams, torch_batches
 

@@ -29,8 +29,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .allocation import Allocation, validate_allocation
-from .manifest import Manifest, VolumeRecord
+from voxmix.formats.allocation import Allocation
+from voxmix.formats.manifest import Manifest, VolumeRecord
+
+from .allocation import validate_allocation
 
 _MASK64 = (1 << 64) - 1
 

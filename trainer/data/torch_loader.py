@@ -12,8 +12,9 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from voxmix.formats.manifest import Manifest
+
 from .crops import CropParams, _mix, crop_params, crop_params_batch, read_crop
-from .manifest import Manifest
 from .mixture import MixtureSampler, SampleRef
 
 

@@ -8,9 +8,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from trainer.data.manifest import read_manifest
-
-from .labels import read_labels
+from voxmix.formats.labels import read_labels
+from voxmix.formats.manifest import read_manifest
 
 
 @dataclass

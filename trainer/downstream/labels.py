@@ -15,92 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from lawfit.io import atomic_write_text
-
-FORMAT = "voxmix.labels/1"
-FILENAME = "labels.jsonl"
-
-
-class LabelsError(ValueError):
-    """Bad labels input or file; the message names the file, line and field."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class LabelRecord:
-    id: str
-    """Manifest record id."""
-    labels: str | None = None
-    """POSIX path (relative to the manifest's folder) of a uint8 `.npy` label map of the record's shape."""
-    classes: dict[str, int] = field(default_factory=dict)
-    """Class labels of the whole volume, e.g. {"lesion": 1}."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class Labels:
-    root: Path
-    names: list[str]
-    """Name of each label value (index = value) of the label maps."""
-    records: dict[str, LabelRecord]
-
-    def label_map(self, rid: str) -> np.ndarray:
-        rec = self.records.get(rid)
-        if rec is None or rec.labels is None:
-            raise LabelsError(f"{self.root / FILENAME}: record {rid!r} has no label map")
-        return np.load(self.root / rec.labels, mmap_mode="r")
-
-    def label_id(self, name: str) -> int:
-        if name not in self.names:
-            raise LabelsError(f"{self.root / FILENAME}: label {name!r} not in label_names {self.names}")
-        return self.names.index(name)
-
-
-def read_labels(data_dir: str | os.PathLike) -> Labels:
-    path = Path(data_dir) / FILENAME
-    if not path.exists():
-        raise LabelsError(f"{path}: file not found (write it with `python -m trainer.downstream.labels`)")
-    lines = path.read_text(encoding="utf-8").splitlines()
-    try:
-        header = json.loads(lines[0]) if lines else None
-    except json.JSONDecodeError as exc:
-        raise LabelsError(f"{path}: line 1: invalid JSON ({exc})") from None
-    if not isinstance(header, dict) or header.get("format") != FORMAT:
-        got = header.get("format") if isinstance(header, dict) else header
-        raise LabelsError(f"{path}: line 1: field 'format' is {got!r}, expected {FORMAT!r}")
-    names = header.get("label_names", [])
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise LabelsError(f"{path}: line 1: field 'label_names' must be a list of strings")
-    records: dict[str, LabelRecord] = {}
-    for no, line in enumerate(lines[1:], start=2):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise LabelsError(f"{path}: line {no}: invalid JSON ({exc})") from None
-        rid = obj.get("id") if isinstance(obj, dict) else None
-        if not isinstance(rid, str):
-            raise LabelsError(f"{path}: line {no}: field 'id' missing or not a string")
-        lab = obj.get("labels")
-        if lab is not None and (not isinstance(lab, str) or lab.startswith("/") or ".." in lab.split("/")):
-            raise LabelsError(f"{path}: line {no}: field 'labels' must be a relative path, got {lab!r}")
-        classes = obj.get("classes", {})
-        if not isinstance(classes, dict) or not all(
-            isinstance(v, int) and not isinstance(v, bool) for v in classes.values()
-        ):
-            raise LabelsError(f"{path}: line {no}: field 'classes' must map names to integers")
-        if rid in records:
-            raise LabelsError(f"{path}: line {no}: duplicate id {rid!r}")
-        records[rid] = LabelRecord(id=rid, labels=lab, classes=classes)
-    return Labels(root=path.parent, names=names, records=records)
-
+from voxmix.formats.labels import FILENAME, LabelsError, write_labels_file
 
 # ---------------------------------------------------------------------------------------------------
 # Writing: label maps onto the ingest grid
@@ -135,8 +56,8 @@ def _nearest(lab: np.ndarray, shape) -> np.ndarray:
 
 def align_label_map(image_file: Path, label_file: Path, domain_spec) -> np.ndarray:
     """The label map on the grid that `trainer.ingest` gives `image_file` under `domain_spec`."""
-    from trainer.ingest.preprocess import foreground_box, normalize, resample
-    from trainer.ingest.readers import Item, read_item
+    from voxmix.trainer.data.ingest.preprocess import foreground_box, normalize, resample
+    from voxmix.trainer.data.ingest.readers import Item, read_item
 
     img = read_item(Item(source=str(image_file), kind="nifti", files=[image_file]))
     lab = read_item(Item(source=str(label_file), kind="nifti", files=[label_file]))
@@ -149,16 +70,15 @@ def align_label_map(image_file: Path, label_file: Path, domain_spec) -> np.ndarr
 
 
 def write_labels(data_dir: Path, index_path: Path, spec_path: Path, names: list[str]) -> int:
-    from trainer.data.manifest import read_manifest
-    from trainer.ingest.pipeline import save_npy_atomic
-    from trainer.ingest.spec import load_spec
+    from voxmix.formats.manifest import read_manifest
+    from voxmix.trainer.data.ingest.pipeline import save_npy_atomic
+    from voxmix.trainer.data.ingest.spec import load_spec
 
     manifest = read_manifest(data_dir / "manifest.jsonl")
     spec = load_spec(spec_path)
     domains = {d.name: d for d in spec.domains}
     index = _read_index(index_path)
-    lines = [json.dumps({"format": FORMAT, "label_names": names, "index": str(index_path)})]
-    n = 0
+    rows: list[dict] = []
     for i, rec in enumerate(manifest.records):
         entry = index.get(rec.source)
         if entry is None:
@@ -174,12 +94,11 @@ def write_labels(data_dir: Path, index_path: Path, spec_path: Path, names: list[
             rel = f"labels/{rec.id}.npy"
             save_npy_atomic(data_dir / rel, lab)
             row["labels"] = rel
-        lines.append(json.dumps(row, sort_keys=True))
-        n += 1
+        rows.append(row)
         print(f"\rlabels: {i + 1}/{len(manifest.records)}", end="", file=sys.stderr)
     print(file=sys.stderr)
-    atomic_write_text(data_dir / FILENAME, "\n".join(lines) + "\n")
-    return n
+    write_labels_file(data_dir, names, rows, index=str(index_path))
+    return len(rows)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -194,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.names:
         names = a.names.split(",")
     else:
-        from trainer.phantoms import LABEL_NAMES
+        from voxmix.trainer.data.phantoms import LABEL_NAMES
 
         names = list(LABEL_NAMES)
     index = Path(a.index)

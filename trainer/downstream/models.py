@@ -12,27 +12,12 @@ Classification: `ViTClassifier` = the same ViT, mean over tokens of the final (n
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 from monai.networks.blocks.dynunet_block import UnetOutBlock
 from monai.networks.blocks.unetr_block import UnetrBasicBlock, UnetrPrUpBlock, UnetrUpBlock
 from monai.networks.nets import UNETR, ViT
 from torch import nn
-
-ENCODER_FORMAT = "voxmix.encoder/1"
-
-
-def load_encoder(path: str | os.PathLike) -> dict:
-    """encoder.pt -> {"monai_vit_kwargs", "state_dict", ...}, with the format checked."""
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(blob, dict) or blob.get("format") != ENCODER_FORMAT:
-        got = blob.get("format") if isinstance(blob, dict) else type(blob).__name__
-        raise ValueError(f"{path}: field 'format' is {got!r}, expected {ENCODER_FORMAT!r}")
-    for key in ("monai_vit_kwargs", "state_dict"):
-        if key not in blob:
-            raise ValueError(f"{path}: field {key!r} missing")
-    return blob
 
 
 def build_vit(blob: dict, *, pretrained: bool = True) -> ViT:

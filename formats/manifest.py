@@ -1,0 +1,214 @@
+"""The ingest manifest, `voxmix.manifest/1` (docs/formats.md): one header line, then one volume per line.
+
+The manifest is the only index of the training data: the sampler, the loaders and the trainer read the
+volumes through it, so the reader validates every field once here and names the file, line and field of
+anything wrong instead of letting a loader fail later on a half-read batch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from .errors import FormatError
+from .io import atomic_write_text
+
+FORMAT = "voxmix.manifest/1"
+FILENAME = "manifest.jsonl"
+MODALITIES = ("CT", "MRI", "PET")
+SPLITS = ("train", "val")
+DTYPES = ("float16", "float32")
+
+
+@dataclass(frozen=True, kw_only=True)
+class VolumeRecord:
+    """One preprocessed volume: a C-order `.npy` of shape (D, H, W) at `root / path`."""
+
+    id: str
+    """Unique over the manifest; derived from the domain and the source path."""
+    domain: str
+    modality: str
+    """One of CT, MRI, PET."""
+    path: str
+    """POSIX path of the `.npy`, relative to the manifest's folder."""
+    shape: tuple[int, int, int]
+    """(D, H, W) of the array after resampling and cropping; axes follow RAS+ (D = x, H = y, W = z)."""
+    spacing: tuple[float, float, float]
+    """Voxel size in mm along (D, H, W)."""
+    source: str
+    """The input the volume was made from (file or DICOM series folder) as given by the spec."""
+    sha256: str
+    """Checksum of the source bytes (all files of a series, in sorted order); ingest resumes by it."""
+    split: str
+    """`train` or `val`, decided by a hash of the id so that it never changes between ingests."""
+    dtype: str = "float16"
+    stats: dict[str, float] = field(default_factory=dict)
+    """Intensity statistics of the written array (min, max, mean, std, p01, p99) and of the source."""
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["shape"] = list(self.shape)
+        out["spacing"] = list(self.spacing)
+        return out
+
+    @property
+    def voxels(self) -> int:
+        return self.shape[0] * self.shape[1] * self.shape[2]
+
+
+class ManifestError(FormatError):
+    """A malformed manifest; the message names the file, line and field."""
+
+
+@dataclass(kw_only=True)
+class Manifest:
+    root: Path
+    """Folder of the manifest; record paths are relative to it."""
+    records: list[VolumeRecord]
+    header: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._by_id = {r.id: r for r in self.records}
+        if len(self._by_id) != len(self.records):
+            seen: set[str] = set()
+            dup = next(r.id for r in self.records if r.id in seen or seen.add(r.id))
+            raise ManifestError(f"{self.root}: duplicate record id {dup!r}")
+
+    def domains(self) -> list[str]:
+        """Sorted names of the domains that have at least one record (any split)."""
+        return sorted({r.domain for r in self.records})
+
+    def select(self, domain: str | None = None, split: str | None = None) -> list[VolumeRecord]:
+        """Records of one domain and/or split, in a fixed order (by id) that the sampler relies on."""
+        if split is not None and split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        out = [
+            r
+            for r in self.records
+            if (domain is None or r.domain == domain) and (split is None or r.split == split)
+        ]
+        return sorted(out, key=lambda r: r.id)
+
+    def __getitem__(self, record_id: str) -> VolumeRecord:
+        return self._by_id[record_id]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def abspath(self, record: VolumeRecord) -> Path:
+        return self.root / record.path
+
+
+def _fail(where: str, msg: str) -> ManifestError:
+    return ManifestError(f"{where}: {msg}")
+
+
+def _parse_record(obj: Any, where: str) -> VolumeRecord:
+    if not isinstance(obj, dict):
+        raise _fail(where, f"expected a JSON object, got {type(obj).__name__}")
+    for key in ("id", "domain", "modality", "path", "shape", "spacing", "source", "sha256", "split"):
+        if key not in obj:
+            raise _fail(where, f"missing field {key!r}")
+    for key in ("id", "domain", "path", "source", "sha256"):
+        if not isinstance(obj[key], str) or not obj[key]:
+            raise _fail(where, f"field {key!r} must be a non-empty string, got {obj[key]!r}")
+    if obj["modality"] not in MODALITIES:
+        raise _fail(where, f"field 'modality' must be one of {MODALITIES}, got {obj['modality']!r}")
+    if obj["split"] not in SPLITS:
+        raise _fail(where, f"field 'split' must be one of {SPLITS}, got {obj['split']!r}")
+    dtype = obj.get("dtype", "float16")
+    if dtype not in DTYPES:
+        raise _fail(where, f"field 'dtype' must be one of {DTYPES}, got {dtype!r}")
+    p = PurePosixPath(obj["path"])
+    # Records must stay inside the dataset folder: it is moved and copied as a unit.
+    if p.is_absolute() or ".." in p.parts:
+        raise _fail(where, f"field 'path' must be relative to the manifest folder, got {obj['path']!r}")
+    shape = obj["shape"]
+    if (
+        not isinstance(shape, list)
+        or len(shape) != 3
+        or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape)
+    ):
+        raise _fail(where, f"field 'shape' must be three positive integers, got {shape!r}")
+    spacing = obj["spacing"]
+    if (
+        not isinstance(spacing, list)
+        or len(spacing) != 3
+        or not all(isinstance(s, (int, float)) and math.isfinite(s) and s > 0 for s in spacing)
+    ):
+        raise _fail(where, f"field 'spacing' must be three positive numbers, got {spacing!r}")
+    stats = obj.get("stats", {})
+    if not isinstance(stats, dict):
+        raise _fail(where, f"field 'stats' must be an object, got {stats!r}")
+    return VolumeRecord(
+        id=obj["id"],
+        domain=obj["domain"],
+        modality=obj["modality"],
+        path=obj["path"],
+        shape=(shape[0], shape[1], shape[2]),
+        spacing=(float(spacing[0]), float(spacing[1]), float(spacing[2])),
+        source=obj["source"],
+        sha256=obj["sha256"],
+        split=obj["split"],
+        dtype=dtype,
+        stats=stats,
+    )
+
+
+def read_manifest(path: str | os.PathLike) -> Manifest:
+    """Read and validate a manifest file (or a folder holding `manifest.jsonl`)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / FILENAME
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise ManifestError(f"{path}: file not found") from None
+    records: list[VolumeRecord] = []
+    header: dict[str, Any] | None = None
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise _fail(where, f"invalid JSON: {exc.msg}") from None
+        if header is None:
+            if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+                got = obj.get("format") if isinstance(obj, dict) else obj
+                raise _fail(where, f"field 'format' must be {FORMAT!r} on the first line, got {got!r}")
+            header = obj
+            continue
+        records.append(_parse_record(obj, where))
+    if header is None:
+        raise ManifestError(f"{path}: empty file, expected a {FORMAT} header line")
+    try:
+        return Manifest(root=path.parent.resolve(), records=records, header=header)
+    except ManifestError as exc:
+        raise ManifestError(f"{path}: {exc}") from None
+
+
+def manifest_text(records: Iterable[VolumeRecord], header: dict[str, Any] | None = None) -> str:
+    head = {"format": FORMAT, **(header or {})}
+    head["format"] = FORMAT
+    rows = sorted(records, key=lambda r: r.id)
+    head["count"] = len(rows)
+    lines = [json.dumps(head, separators=(",", ":"), sort_keys=True)]
+    lines += [json.dumps(r.to_json(), separators=(",", ":"), sort_keys=True) for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_manifest(
+    path: str | os.PathLike, records: Iterable[VolumeRecord], header: dict[str, Any] | None = None
+) -> Path:
+    """Write atomically (temp file + rename), records sorted by id so that reruns give identical bytes."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / FILENAME
+    return atomic_write_text(path, manifest_text(records, header))

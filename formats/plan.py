@@ -1,0 +1,162 @@
+"""The pilot plan, `voxmix.plan/1` (docs/formats.md): written by `lawfit plan` (or a study's own
+stages), read by the sweep that runs it.
+
+One reader for both: `read_plan` checks every field the sweep and lawfit rely on and returns typed runs.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import FormatError
+from .io import atomic_write_json, read_json
+
+FORMAT = "voxmix.plan/1"
+ROLES = ("fit", "validate", "final")
+
+
+class PlanError(FormatError):
+    """A plan that does not follow `voxmix.plan/1`; the message names the file and field."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class PlannedRun:
+    run_id: str
+    """Also the run's folder name under the sweep's runs directory."""
+    role: str
+    """"fit" (the laws are fitted on it), "validate" (held out) or "final" (a study's final runs)."""
+    mixture: dict[str, float]
+    budget_samples: int
+    eval_at: list[int]
+    seed: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "role": self.role,
+            "mixture": dict(self.mixture),
+            "budget_samples": self.budget_samples,
+            "eval_at": list(self.eval_at),
+            "seed": self.seed,
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
+class Plan:
+    domains: list[str]
+    runs: list[PlannedRun]
+    source: str = "<memory>"
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Every other top-level field (unique_samples, target_budget, warnings, ...), kept as written."""
+
+    def run(self, run_id: str) -> PlannedRun:
+        for r in self.runs:
+            if r.run_id == run_id:
+                return r
+        raise KeyError(run_id)
+
+
+def _number(x: Any) -> bool:
+    return not isinstance(x, bool) and isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def _parse_run(r: Any, domains: list[str] | None, where: str) -> PlannedRun:
+    """One run, checked field by field; with `domains` None, mixture keys are not checked yet."""
+    if not isinstance(r, dict):
+        raise PlanError(f"{where}: expected an object")
+    for key in ("run_id", "mixture", "budget_samples", "eval_at"):
+        if key not in r:
+            raise PlanError(f"{where}: field '{key}' is missing")
+    rid = r["run_id"]
+    # The run id names a folder: no separators, no hidden or private names.
+    if not isinstance(rid, str) or not rid or "/" in rid or rid.startswith((".", "_")):
+        raise PlanError(f"{where}: field 'run_id' {rid!r} is not a usable folder name")
+    mix = r["mixture"]
+    if not isinstance(mix, dict) or not mix:
+        raise PlanError(f"{where}: field 'mixture': expected an object of domain weights")
+    unknown = [d for d in mix if domains is not None and d not in domains]
+    if unknown:
+        raise PlanError(f"{where}: field 'mixture': unknown domain(s) {unknown}")
+    w = list(mix.values())
+    if not all(_number(x) and x >= 0 for x in w) or abs(sum(w) - 1) > 1e-6:
+        raise PlanError(f"{where}: field 'mixture': weights must be >= 0 and sum to 1, got {w}")
+    budget = r["budget_samples"]
+    if isinstance(budget, bool) or not isinstance(budget, int) or budget <= 0:
+        raise PlanError(f"{where}: field 'budget_samples': expected a positive integer, got {budget!r}")
+    ev = r["eval_at"]
+    if not isinstance(ev, list) or any(isinstance(x, bool) or not isinstance(x, int) or x <= 0 for x in ev):
+        raise PlanError(f"{where}: field 'eval_at': expected increasing positive integers, got {ev!r}")
+    if ev != sorted(set(ev)):
+        raise PlanError(f"{where}: field 'eval_at': expected increasing positive integers, got {ev!r}")
+    role, seed = r.get("role", "fit"), r.get("seed", 0)
+    if role not in ROLES:
+        raise PlanError(f"{where}: field 'role': expected one of {list(ROLES)}, got {role!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise PlanError(f"{where}: field 'seed': expected an integer, got {seed!r}")
+    return PlannedRun(
+        run_id=rid,
+        role=role,
+        mixture={str(d): float(x) for d, x in mix.items()},
+        budget_samples=budget,
+        eval_at=list(ev),
+        seed=seed,
+    )
+
+
+def parse_plan(obj: Any, where: str = "<memory>") -> Plan:
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        got = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
+        raise PlanError(f"{where}: field 'format': expected '{FORMAT}', got {got!r}")
+    runs = obj.get("runs")
+    if not isinstance(runs, list) or not runs:
+        raise PlanError(f"{where}: field 'runs': expected a non-empty list")
+    domains = obj.get("domains")
+    good_domains = isinstance(domains, list) and domains and all(isinstance(d, str) and d for d in domains)
+    if not good_domains:
+        # Each run's own fields are checked first (the more specific message), then the domain list.
+        for i, r in enumerate(runs):
+            _parse_run(r, None, f"{where}: runs[{i}]")
+        raise PlanError(f"{where}: field 'domains': expected a non-empty list of names")
+    parsed, seen = [], set()
+    for i, r in enumerate(runs):
+        run = _parse_run(r, domains, f"{where}: runs[{i}]")
+        if run.run_id in seen:
+            raise PlanError(f"{where}: runs[{i}]: field 'run_id': duplicate id {run.run_id!r}")
+        seen.add(run.run_id)
+        parsed.append(run)
+    extra = {k: v for k, v in obj.items() if k not in ("format", "domains", "runs")}
+    return Plan(domains=list(domains), runs=parsed, source=where, extra=extra)
+
+
+def validate_plan(obj: Any, where: str) -> dict:
+    """Check a decoded plan; returns `obj` unchanged."""
+    parse_plan(obj, where)
+    return obj
+
+
+def read_plan(path: str | os.PathLike) -> Plan:
+    try:
+        obj = read_json(path)
+    except FormatError as exc:
+        raise PlanError(f"cannot read the plan: {exc}") from None
+    return parse_plan(obj, str(Path(path)))
+
+
+def plan_json(plan: Plan) -> dict[str, Any]:
+    return {
+        **plan.extra,
+        "format": FORMAT,
+        "domains": list(plan.domains),
+        "runs": [r.to_json() for r in plan.runs],
+    }
+
+
+def write_plan(path: str | os.PathLike, obj: dict[str, Any] | Plan) -> Path:
+    """Validate, then write atomically."""
+    data = plan_json(obj) if isinstance(obj, Plan) else obj
+    validate_plan(data, str(path))
+    return atomic_write_json(path, data)

@@ -1,0 +1,23 @@
+"""Session fixtures: one tiny on-disk dataset and one uninterrupted reference run shared by the run tests."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.trainer.pretrain.trainer_helpers import RUN_ARGS, make_dataset, run_trainer, write_allocation
+
+
+@pytest.fixture(scope="session")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ds")
+    manifest = make_dataset(root)
+    alloc = write_allocation(root / "allocation.json", {"ct_abdomen": 96, "mri_brain": 96})
+    return manifest, alloc
+
+
+@pytest.fixture(scope="session")
+def reference_run(dataset, tmp_path_factory):
+    manifest, alloc = dataset
+    out = tmp_path_factory.mktemp("runs") / "ref"
+    run_trainer([*RUN_ARGS, "--manifest", str(manifest), "--allocation", str(alloc), "--out", str(out)])
+    return out

@@ -1,0 +1,247 @@
+"""MAE3D: shapes, masking, kernels vs references, the loss going down, FLOP formula, MONAI export."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from monai.networks.blocks.pos_embed_utils import build_sincos_position_embedding
+from torch.utils.flop_counter import FlopCounterMode
+
+from voxmix.trainer.pretrain.config import ModelConfig
+from voxmix.trainer.pretrain.model import (
+    MAE3D,
+    export_encoder,
+    load_monai_vit,
+    sincos_pos_embed_3d,
+    train_flops_per_sample,
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small models: one thread is as fast, and immune to OpenMP spin-waits on a busy shared machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+SMALL = dict(
+    size="tiny", crop=24, patch=8, width=48, depth=2, heads=2, dec_width=32, dec_depth=1, dec_heads=2
+)
+
+
+def _model(**kw) -> MAE3D:
+    torch.manual_seed(0)
+    return MAE3D(ModelConfig(**{**SMALL, **kw}))
+
+
+def test_random_masking_is_per_sample_disjoint_and_sized():
+    m = _model()
+    n = m.num_patches
+    keep, mask = m.random_masking(64, "cpu", torch.Generator().manual_seed(1))
+    assert keep.shape == (64, n - round(0.75 * n)) and mask.shape == (64, round(0.75 * n))
+    both = torch.cat([keep, mask], 1).sort(1).values
+    assert torch.equal(both, torch.arange(n).expand(64, -1))  # a partition of the patches
+    assert torch.equal(keep, keep.sort(1).values) and torch.equal(mask, mask.sort(1).values)
+    assert len({tuple(r.tolist()) for r in mask}) > 60  # masks differ between samples
+    # Each patch is masked with probability ~0.75 over many samples.
+    freq = torch.zeros(n).index_add_(0, mask.flatten(), torch.ones(mask.numel())) / 64
+    assert (freq - 0.75).abs().max() < 0.3
+    again = m.random_masking(64, "cpu", torch.Generator().manual_seed(1))
+    assert torch.equal(again[1], mask)
+
+
+def test_pos_embed_matches_monai_sincos():
+    for grid, dim in (((3, 3, 3), 48), ((2, 4, 5), 96)):
+        ref = build_sincos_position_embedding(list(grid), dim, spatial_dims=3)[0]
+        torch.testing.assert_close(sincos_pos_embed_3d(grid, dim), ref, atol=1e-6, rtol=0)
+
+
+def _manual_forward(m: MAE3D, x, keep, mask):
+    """Independent PyTorch forward: conv3d patch embedding, explicit softmax attention, MSE on normalized patches."""
+    c = m.cfg
+    p = c.patch
+    w = m.patch_weight.view(c.width, c.in_chans, p, p, p)
+    tok = F.conv3d(x, w, m.patch_bias, stride=p).flatten(2).transpose(1, 2) + m.pos_embed
+    tok = torch.stack([tok[b, keep[b]] for b in range(x.shape[0])])
+
+    def block(blk, t):
+        b, n, e = t.shape
+        h = blk.norm1(t)
+        q, k, v = blk.attn.qkv(h).view(b, n, 3, blk.attn.heads, -1).unbind(2)
+        q, k, v = (z.transpose(1, 2) for z in (q, k, v))
+        a = torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, -1) @ v
+        t = t + blk.attn.out_proj(a.transpose(1, 2).reshape(b, n, e))
+        return t + blk.mlp.linear2(F.gelu(blk.mlp.linear1(blk.norm2(t))))
+
+    for blk in m.blocks:
+        tok = block(blk, tok)
+    lat = m.decoder_embed(m.norm(tok))
+    full = m.mask_token.expand(x.shape[0], m.num_patches, -1).clone()
+    for b in range(x.shape[0]):
+        full[b, keep[b]] = lat[b]
+    full = full + m.dec_pos_embed
+    for blk in m.decoder_blocks:
+        full = block(blk, full)
+    pred = m.decoder_pred(m.decoder_norm(torch.stack([full[b, mask[b]] for b in range(x.shape[0])])))
+    g = c.crop // p
+    t = x.view(x.shape[0], 1, g, p, g, p, g, p).permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(x.shape[0], g**3, -1)
+    t = torch.stack([t[b, mask[b]] for b in range(x.shape[0])])
+    t = (t - t.mean(-1, keepdim=True)) / (t.var(-1, keepdim=True) + 1e-6).sqrt()
+    return ((pred - t) ** 2).mean((1, 2))
+
+
+@pytest.mark.parametrize("reference", [False, True])
+def test_forward_and_grads_match_manual_pytorch(reference):
+    m = _model(reference=reference)
+    x = torch.randn(3, 1, 24, 24, 24)
+    keep, mask = m.random_masking(3, "cpu", torch.Generator().manual_seed(2))
+    loss, per = m(x, masks=(keep, mask))
+    assert loss.shape == () and per.shape == (3,) and per.dtype == torch.float32
+    want = _manual_forward(m, x, keep, mask)
+    torch.testing.assert_close(per, want, rtol=1e-4, atol=1e-5)
+    g1 = torch.autograd.grad(loss, list(m.parameters()), allow_unused=True)
+    g2 = torch.autograd.grad(want.mean(), list(m.parameters()), allow_unused=True)
+    for (name, _), a, b in zip(m.named_parameters(), g1, g2):
+        assert (a is None) == (b is None), name
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5, msg=lambda s, n=name: f"{n}: {s}")
+
+
+def test_loss_decreases_on_a_tiny_run():
+    m = _model()
+    opt = torch.optim.AdamW(m.parameters(), lr=2e-3)
+    g = torch.Generator().manual_seed(0)
+    zz = torch.linspace(-1, 1, 24)
+    base = torch.exp(-(zz[:, None, None] ** 2 + zz[None, :, None] ** 2 + zz[None, None, :] ** 2) / 0.3)
+    x = (base + 0.3 * torch.sin(6 * zz)[None, None, :]).expand(4, 1, 24, 24, 24).contiguous()
+    losses = []
+    for _ in range(40):
+        loss, _ = m(x, g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:5]) / 5, losses
+
+
+def test_flops_formula_matches_flop_counter():
+    cfg = ModelConfig(**SMALL)
+    m = MAE3D(ModelConfig(**{**SMALL, "reference": True}))
+    x = torch.randn(2, 1, 24, 24, 24)
+    with FlopCounterMode(display=False) as fc:
+        loss, _ = m(x, torch.Generator().manual_seed(0))
+        loss.backward()
+    counted = fc.get_total_flops() / 2
+    # Elementwise work (norms, softmax, GELU, the loss) is not counted by either.
+    assert abs(train_flops_per_sample(cfg) - counted) / counted < 1e-6, (train_flops_per_sample(cfg), counted)
+
+
+def test_monai_vit_computes_the_same_features(tmp_path):
+    m = _model(width=96, heads=3).eval()
+    export_encoder(m, tmp_path / "encoder.pt", extra={"step": 3})
+    vit = load_monai_vit(tmp_path / "encoder.pt").eval()
+    x = torch.randn(2, 1, 24, 24, 24)
+    with torch.no_grad():
+        ours = m.encode(x)
+        theirs, hidden = vit(x)
+    assert theirs.shape == (2, 27, 96) and len(hidden) == 2
+    torch.testing.assert_close(theirs, ours, rtol=1e-4, atol=1e-5)
+    blob = torch.load(tmp_path / "encoder.pt", weights_only=True)
+    assert blob["step"] == 3 and blob["monai_vit_kwargs"]["hidden_size"] == 96
+
+
+def test_load_monai_vit_rejects_other_files(tmp_path):
+    torch.save({"format": "something/1"}, tmp_path / "x.pt")
+    with pytest.raises(ValueError, match="format"):
+        load_monai_vit(tmp_path / "x.pt")
+
+
+_TRITON_TWIN = r"""
+import torch
+from voxmix.trainer.pretrain.config import ModelConfig
+from voxmix.trainer.pretrain.model import MAE3D
+torch.manual_seed(0)
+kw = dict(size="tiny", crop=16, patch=8, width=36, depth=1, heads=2, dec_width=36, dec_depth=1, dec_heads=2)
+fast, ref = MAE3D(ModelConfig(**kw)), MAE3D(ModelConfig(**kw, reference=True))
+ref.load_state_dict(fast.state_dict())
+x = torch.randn(2, 1, 16, 16, 16)
+masks = fast.random_masking(2, "cpu", torch.Generator().manual_seed(0))
+out = {}
+for name, m in (("fast", fast), ("ref", ref)):
+    loss, per = m(x, masks=masks)
+    loss.backward()
+    out[name] = (per.detach(), m.patch_weight.grad, m.blocks[0].attn.qkv.weight.grad)
+for a, b in zip(out["fast"], out["ref"]):
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+print("ok")
+"""
+
+
+def test_triton_kernel_path_matches_reference_in_interpreter():
+    """CPU twin of the GPU path: the model on the Triton kernels (interpreter mode) vs the references."""
+    import subprocess
+    import sys
+
+    from tests.trainer.pretrain.trainer_helpers import REPO, env
+
+    e = {**env(), "TRITON_INTERPRET": "1"}
+    p = subprocess.run(
+        [sys.executable, "-c", _TRITON_TWIN], cwd=REPO, env=e, capture_output=True, text=True, timeout=300
+    )
+    assert p.returncode == 0 and p.stdout.strip().endswith("ok"), p.stderr[-3000:]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (CPU twin: the interpreter test above)")
+def test_cuda_bf16_kernels_match_fp32_reference():
+    """flash-attention's rule: kernel error vs an fp32 reference <= 2x PyTorch's own bf16 error + a floor."""
+    kw = dict(size="base", depth=2, dec_depth=1)
+    torch.manual_seed(0)
+    ref32 = MAE3D(ModelConfig(**kw, reference=True)).cuda()
+    ref16 = MAE3D(ModelConfig(**kw, reference=True)).cuda().bfloat16()
+    fast16 = MAE3D(ModelConfig(**kw)).cuda().bfloat16()
+    ref16.load_state_dict(ref32.state_dict())
+    fast16.load_state_dict(ref32.state_dict())
+    x = torch.randn(4, 1, 96, 96, 96, device="cuda")
+    masks = ref32.random_masking(4, "cuda", torch.Generator().manual_seed(0))
+    res = {}
+    for name, m, xx in (
+        ("ref32", ref32, x),
+        ("ref16", ref16, x.bfloat16()),
+        ("fast16", fast16, x.bfloat16()),
+    ):
+        loss, per = m(xx, masks=masks)
+        loss.backward()
+        res[name] = (per.float(), m.patch_weight.grad.float(), m.blocks[1].attn.qkv.weight.grad.float())
+    for i, what in enumerate(("per-sample loss", "patch weight grad", "qkv grad")):
+        err_k = (res["fast16"][i] - res["ref32"][i]).abs().max().item()
+        err_t = (res["ref16"][i] - res["ref32"][i]).abs().max().item()
+        floor = 1e-3 * res["ref32"][i].abs().max().item()
+        assert err_k <= 2 * err_t + floor, (what, err_k, err_t)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (CPU twin: test_run.py)")
+def test_cuda_bf16_training_run(dataset, tmp_path):
+    """trainer/run.py on one GPU in bf16 (DALI GPU loader when available): completes, loss finite and falling."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.trainer.pretrain.trainer_helpers import REPO
+    from voxmix.formats.runlog import read_runlog
+
+    manifest, alloc = dataset
+    out = tmp_path / "gpu"
+    p = subprocess.run([sys.executable, "trainer/run.py", "--config", "configs/tiny.yaml", "--manifest", str(manifest),
+                        "--allocation", str(alloc), "--out", str(out), "--eval-at", "16,64"],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert p.returncode == 0, p.stderr[-3000:]
+    log = read_runlog(out)
+    start = json.loads((out / "runlog.jsonl").read_text().splitlines()[0])
+    assert start["precision"] == "bf16" and start["device"].startswith("cuda") and log.status == "completed"
+    assert log.evals[-1].samples_seen == {"ct_abdomen": 96, "mri_brain": 96}
+    assert all(log.evals[-1].loss[d] < log.evals[0].loss[d] for d in log.domains)
