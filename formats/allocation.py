@@ -111,10 +111,7 @@ def parse_allocation(obj: Any, source: str = "<memory>") -> Allocation:
 
 
 def read_allocation(path: str | os.PathLike) -> Allocation:
-    try:
-        obj = read_json(path)
-    except FormatError as exc:
-        raise AllocationError(str(exc)) from None
+    obj = read_json(path, AllocationError)
     return parse_allocation(obj, str(Path(path)))
 
 

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,15 +54,31 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, *, indent: int | None =
     return atomic_write_text(path, json.dumps(_finite(obj), indent=indent, allow_nan=False) + "\n")
 
 
-def read_json(path: str | os.PathLike) -> Any:
+def read_json(path: str | os.PathLike, error: type[FormatError] = FormatError) -> Any:
+    """The decoded JSON file; a missing, unreadable or invalid file raises `error` naming it."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise FormatError(f"{path}: file not found") from None
+        raise error(f"{path}: file not found") from None
     except OSError as exc:
-        raise FormatError(f"{path}: cannot read: {exc}") from None
+        raise error(f"{path}: cannot read: {exc}") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise FormatError(f"{path}: line {exc.lineno}: invalid JSON: {exc.msg}") from None
+        raise error(f"{path}: line {exc.lineno}: invalid JSON: {exc.msg}") from None
+
+
+def jsonl_values(
+    path: str | os.PathLike, error: type[FormatError] = FormatError
+) -> Iterator[tuple[int, Any]]:
+    """(line number, decoded value) of each non-empty line of a JSON-lines file; invalid JSON raises
+    `error` naming the file and line."""
+    path = Path(path)
+    for no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield no, json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise error(f"{path}: line {no}: invalid JSON ({exc})") from None

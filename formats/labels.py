@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from .errors import FormatError
-from .io import atomic_write_text
+from .io import atomic_write_text, jsonl_values
 
 FORMAT = "voxmix.labels/1"
 FILENAME = "labels.jsonl"
@@ -57,11 +57,8 @@ def read_labels(data_dir: str | os.PathLike) -> Labels:
     path = Path(data_dir) / FILENAME
     if not path.exists():
         raise LabelsError(f"{path}: file not found (write it with `python -m trainer.downstream.labels`)")
-    lines = path.read_text(encoding="utf-8").splitlines()
-    try:
-        header = json.loads(lines[0]) if lines else None
-    except json.JSONDecodeError as exc:
-        raise LabelsError(f"{path}: line 1: invalid JSON ({exc})") from None
+    values = jsonl_values(path, LabelsError)
+    _, header = next(values, (1, None))
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         got = header.get("format") if isinstance(header, dict) else header
         raise LabelsError(f"{path}: line 1: field 'format' is {got!r}, expected {FORMAT!r}")
@@ -69,13 +66,7 @@ def read_labels(data_dir: str | os.PathLike) -> Labels:
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise LabelsError(f"{path}: line 1: field 'label_names' must be a list of strings")
     records: dict[str, LabelRecord] = {}
-    for no, line in enumerate(lines[1:], start=2):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise LabelsError(f"{path}: line {no}: invalid JSON ({exc})") from None
+    for no, obj in values:
         rid = obj.get("id") if isinstance(obj, dict) else None
         if not isinstance(rid, str):
             raise LabelsError(f"{path}: line {no}: field 'id' missing or not a string")

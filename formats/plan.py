@@ -139,10 +139,7 @@ def validate_plan(obj: Any, where: str) -> dict:
 
 
 def read_plan(path: str | os.PathLike) -> Plan:
-    try:
-        obj = read_json(path)
-    except FormatError as exc:
-        raise PlanError(f"cannot read the plan: {exc}") from None
+    obj = read_json(path, PlanError)
     return parse_plan(obj, str(Path(path)))
 
 

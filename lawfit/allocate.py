@@ -55,27 +55,22 @@ class Problem:
         return float(self.w @ L), (self.w @ G) * self.B / self.c
 
 
-def build_problem(
-    laws: Laws,
-    budget: Budget,
-    *,
-    weights: dict[str, float] | None = None,
-    max_epochs: float | None = None,
-    min_share: float = 0.0,
-) -> Problem:
+def _costs(laws: Laws, budget: Budget) -> tuple[np.ndarray, float]:
+    """Cost of one sample of each domain in budget units, and the budget in those units."""
     doms = laws.domains
-    m = len(doms)
     if budget.samples is not None:
-        c, B = np.ones(m), float(budget.samples)
-    else:
-        missing = [d for d in doms if d not in laws.seconds_per_sample]
-        if missing:
-            raise LawfitError(
-                f"--budget-hours needs each domain's measured seconds per sample; the runs had no "
-                f"throughput for {missing} (use --budget-samples, or log throughput events)"
-            )
-        c, B = np.array([laws.seconds_per_sample[d] for d in doms]), float(budget.seconds)
-    w = np.ones(m)
+        return np.ones(len(doms)), float(budget.samples)
+    missing = [d for d in doms if d not in laws.seconds_per_sample]
+    if missing:
+        raise LawfitError(
+            f"--budget-hours needs each domain's measured seconds per sample; the runs had no "
+            f"throughput for {missing} (use --budget-samples, or log throughput events)"
+        )
+    return np.array([laws.seconds_per_sample[d] for d in doms]), float(budget.seconds)
+
+
+def _objective_weights(doms: list[str], weights: dict[str, float] | None) -> np.ndarray:
+    w = np.ones(len(doms))
     for d, v in (weights or {}).items():
         if d not in doms:
             raise LawfitError(f"--weights {d}={v}: unknown domain '{d}' (laws have {doms})")
@@ -84,17 +79,27 @@ def build_problem(
         w[doms.index(d)] = v
     if not w.sum() > 0:
         raise LawfitError("--weights: at least one weight must be positive")
-    if not (0 <= min_share < 1) or not np.isfinite(min_share):
-        raise LawfitError(f"--min-share must be in [0, 1), got {min_share}")
-    lo = np.full(m, float(min_share))
-    hi = np.ones(m)
-    if max_epochs is not None:
-        if not (np.isfinite(max_epochs) and max_epochs > 0):
-            raise LawfitError(f"--max-epochs must be positive, got {max_epochs}")
-        for j, d in enumerate(doms):
-            u = laws.unique_samples.get(d)
-            if u is not None and np.isfinite(u):
-                hi[j] = min(1.0, u * max_epochs * c[j] / B)
+    return w
+
+
+def _share_caps(laws: Laws, c: np.ndarray, B: float, max_epochs: float | None) -> np.ndarray:
+    """Share caps: a domain's unique data times max_epochs, in budget shares (1 without a cap)."""
+    hi = np.ones(len(laws.domains))
+    if max_epochs is None:
+        return hi
+    if not (np.isfinite(max_epochs) and max_epochs > 0):
+        raise LawfitError(f"--max-epochs must be positive, got {max_epochs}")
+    for j, d in enumerate(laws.domains):
+        u = laws.unique_samples.get(d)
+        if u is not None and np.isfinite(u):
+            hi[j] = min(1.0, u * max_epochs * c[j] / B)
+    return hi
+
+
+def _check_feasible(
+    laws: Laws, lo: np.ndarray, hi: np.ndarray, min_share: float, max_epochs: float | None
+) -> None:
+    doms = laws.domains
     bad = [d for j, d in enumerate(doms) if hi[j] < lo[j]]
     if bad:
         raise LawfitError(
@@ -102,13 +107,32 @@ def build_problem(
             f"--min-share {min_share}"
         )
     if lo.sum() > 1 + 1e-12:
-        raise LawfitError(f"infeasible: --min-share {min_share} x {m} domains exceeds the whole budget")
+        raise LawfitError(
+            f"infeasible: --min-share {min_share} x {len(doms)} domains exceeds the whole budget"
+        )
     if hi.sum() < 1 - 1e-9:
         caps = {d: int(laws.unique_samples.get(d, 0) * max_epochs) for d in doms}
         raise LawfitError(
             f"infeasible: the budget exceeds all domains' caps together (unique data x "
             f"--max-epochs {max_epochs}: {caps}); lower the budget or raise --max-epochs"
         )
+
+
+def build_problem(
+    laws: Laws,
+    budget: Budget,
+    *,
+    weights: dict[str, float] | None = None,
+    max_epochs: float | None = None,
+    min_share: float = 0.0,
+) -> Problem:
+    c, B = _costs(laws, budget)
+    w = _objective_weights(laws.domains, weights)
+    if not (0 <= min_share < 1) or not np.isfinite(min_share):
+        raise LawfitError(f"--min-share must be in [0, 1), got {min_share}")
+    lo = np.full(len(laws.domains), float(min_share))
+    hi = _share_caps(laws, c, B, max_epochs)
+    _check_feasible(laws, lo, hi, min_share, max_epochs)
     return Problem(laws, c, B, lo, hi, w)
 
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -66,60 +67,78 @@ def load_runs(patterns: list[str]) -> list[RunLog]:
     return runs
 
 
+def _select_domains(runs: list[RunLog], domains: list[str] | None) -> list[str]:
+    all_domains = sorted({d for r in runs for d in r.domains})
+    if domains is None:
+        return all_domains
+    unknown = sorted(set(domains) - set(all_domains))
+    if unknown:
+        raise LawfitError(f"domain(s) {unknown} do not appear in any run (runs have {all_domains})")
+    return domains
+
+
+def _fill(row: np.ndarray, values: Mapping[str, float], col: dict[str, int]) -> np.ndarray:
+    """Set row's entries of the domains in col to their values; other entries keep their fill."""
+    for d, v in values.items():
+        if d in col:
+            row[col[d]] = v
+    return row
+
+
+@dataclass
+class _Rows:
+    """The dataset's rows and per-domain measurements, gathered run by run."""
+
+    m: int  # columns: the number of domains asked for
+    col: dict[str, int]  # column of each domain
+    D: list[np.ndarray] = field(default_factory=list)
+    U: list[np.ndarray] = field(default_factory=list)
+    Y: list[np.ndarray] = field(default_factory=list)
+    R: list[int] = field(default_factory=list)
+    warns: list[str] = field(default_factory=list)
+    costs: dict[str, list[float]] = field(default_factory=dict)
+    uniq: dict[str, list[int]] = field(default_factory=dict)
+
+    def add_run(self, r_idx: int, run: RunLog) -> None:
+        m = self.m
+        self.warns.extend(run.warnings)
+        if not run.evals:
+            self.warns.append(f"{run.path}: run '{run.run_id}' has no evaluation events; skipped")
+        u = np.full(m, np.inf)
+        for d, n in run.unique_samples.items():
+            if d in self.col and n > 0:
+                u[self.col[d]] = n
+                self.uniq.setdefault(d, []).append(n)
+        for ev in run.evals:
+            self.D.append(_fill(np.zeros(m), ev.samples_seen, self.col))
+            self.U.append(u)
+            self.Y.append(_fill(np.full(m, np.nan), ev.loss, self.col))
+            self.R.append(r_idx)
+        for d, s in run.seconds_per_sample().items():
+            self.costs.setdefault(d, []).append(s)
+
+
 def build_dataset(runs: list[RunLog], domains: list[str] | None = None) -> Dataset:
     if not runs:
         raise LawfitError("no runs given")
-    all_domains = sorted({d for r in runs for d in r.domains})
-    if domains is None:
-        domains = all_domains
-    else:
-        unknown = sorted(set(domains) - set(all_domains))
-        if unknown:
-            raise LawfitError(f"domain(s) {unknown} do not appear in any run (runs have {all_domains})")
-    m = len(domains)
-    col = {d: c for c, d in enumerate(domains)}
-    D, U, Y, R = [], [], [], []
-    warns: list[str] = []
-    costs: dict[str, list[float]] = {}
-    uniq: dict[str, list[int]] = {}
+    domains = _select_domains(runs, domains)
+    rows = _Rows(m=len(domains), col={d: c for c, d in enumerate(domains)})
     for r_idx, run in enumerate(runs):
-        warns.extend(run.warnings)
-        if not run.evals:
-            warns.append(f"{run.path}: run '{run.run_id}' has no evaluation events; skipped")
-        u = np.full(m, np.inf)
-        for d, n in run.unique_samples.items():
-            if d in col and n > 0:
-                u[col[d]] = n
-                uniq.setdefault(d, []).append(n)
-        for ev in run.evals:
-            row_d = np.zeros(m)
-            row_y = np.full(m, np.nan)
-            for d, n in ev.samples_seen.items():
-                if d in col:
-                    row_d[col[d]] = n
-            for d, v in ev.loss.items():
-                if d in col:
-                    row_y[col[d]] = v
-            D.append(row_d)
-            U.append(u)
-            Y.append(row_y)
-            R.append(r_idx)
-        for d, s in run.seconds_per_sample().items():
-            costs.setdefault(d, []).append(s)
-    if not D:
+        rows.add_run(r_idx, run)
+    if not rows.D:
         raise LawfitError("the runs hold no evaluation events: nothing to fit")
-    Y = np.asarray(Y)
+    Y = np.asarray(rows.Y)
     for c, d in enumerate(domains):
         if not np.isfinite(Y[:, c]).any():
             raise LawfitError(f"domain '{d}' is never evaluated in the runs given")
     return Dataset(
         domains=list(domains),
         run_ids=[r.run_id for r in runs],
-        D=np.asarray(D),
-        U=np.asarray(U),
+        D=np.asarray(rows.D),
+        U=np.asarray(rows.U),
         y=Y,
-        run=np.asarray(R),
-        warnings=warns,
-        seconds_per_sample={d: float(np.median(v)) for d, v in costs.items()},
-        unique_samples={d: float(max(v)) for d, v in uniq.items()},
+        run=np.asarray(rows.R),
+        warnings=rows.warns,
+        seconds_per_sample={d: float(np.median(v)) for d, v in rows.costs.items()},
+        unique_samples={d: float(max(v)) for d, v in rows.uniq.items()},
     )

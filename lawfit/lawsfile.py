@@ -9,13 +9,11 @@ from typing import Any
 
 import numpy as np
 
-from voxmix.formats.io import atomic_write_json, read_json
+from voxmix.formats.laws import DOMAIN_NUMBERS, FORMAT, read_laws, validate_laws, write_laws
 
 from .errors import LawfitError
 from .intervals import interval
 from .laws import D0_DEFAULT, FORMS, TargetLaw, get_form, law_value_grad
-
-FORMAT = "voxmix.laws/1"
 
 
 @dataclass
@@ -103,72 +101,29 @@ class Laws:
         }
 
     def save(self, path: str | os.PathLike) -> Path:
-        return atomic_write_json(path, self.to_json())
+        return write_laws(path, self.to_json())
 
     @classmethod
     def from_json(cls, obj: Any, where: str) -> Laws:
-        if not isinstance(obj, dict):
-            raise LawfitError(f"{where}: expected a JSON object")
-        if obj.get("format") != FORMAT:
-            raise LawfitError(f"{where}: field 'format': expected '{FORMAT}', got {obj.get('format')!r}")
-        form = obj.get("form")
+        """Laws from a decoded `voxmix.laws/1` object: the file's structure is checked by
+        voxmix.formats.laws, the forms and each law's parameters and transfer terms here."""
+        validate_laws(obj, where)
+        form, domains = obj["form"], list(obj["domains"])
         if form not in FORMS:
             raise LawfitError(f"{where}: field 'form': unknown form {form!r} (known: {sorted(FORMS)})")
-        domains = obj.get("domains")
-        if not isinstance(domains, list) or not domains or not all(isinstance(d, str) for d in domains):
-            raise LawfitError(f"{where}: field 'domains': expected a non-empty list of names")
-        if len(set(domains)) != len(domains):
-            raise LawfitError(f"{where}: field 'domains': duplicate names")
-        tj = obj.get("targets")
-        if not isinstance(tj, dict):
-            raise LawfitError(f"{where}: field 'targets': expected an object")
-        missing = [d for d in domains if d not in tj]
-        if missing:
-            raise LawfitError(f"{where}: field 'targets': no law for domain(s) {missing}")
-
-        def parse_targets(tobj: dict, base: str) -> dict[str, TargetLaw]:
-            out = {}
-            for d, t in tobj.items():
-                if d not in domains:
-                    raise LawfitError(f"{where}: field '{base}.{d}': unknown domain '{d}'")
-                if not isinstance(t, dict):
-                    raise LawfitError(f"{where}: field '{base}.{d}': expected an object")
-                law = TargetLaw.from_json(d, t, where)
-                bad = [j for j in law.transfer if j not in domains or j == d]
-                if bad:
-                    raise LawfitError(
-                        f"{where}: field '{base}.{d}.transfer': unknown or self domain(s) {bad}"
-                    )
-                out[d] = law
-            return out
-
-        d0 = obj.get("d0", D0_DEFAULT)
-        if not isinstance(d0, (int, float)) or not d0 > 0:
-            raise LawfitError(f"{where}: field 'd0': expected a positive number, got {d0!r}")
-
-        def domain_numbers(key: str) -> dict[str, float]:
-            m = obj.get(key) or {}
-            if not isinstance(m, dict):
-                raise LawfitError(f"{where}: field '{key}': expected an object")
-            for d, v in m.items():
-                if d not in domains:
-                    raise LawfitError(f"{where}: field '{key}.{d}': unknown domain '{d}'")
-                if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
-                    raise LawfitError(f"{where}: field '{key}.{d}': expected a positive number, got {v!r}")
-            return {d: float(v) for d, v in m.items()}
-
         alts = {}
         for f, a in (obj.get("alternatives") or {}).items():
-            if f not in FORMS or not isinstance(a, dict):
+            if f not in FORMS:
                 raise LawfitError(f"{where}: field 'alternatives.{f}': unknown form or not an object")
-            alts[f] = parse_targets(a.get("targets") or {}, f"alternatives.{f}.targets")
+            alts[f] = _parse_targets(a.get("targets") or {}, f"alternatives.{f}.targets", domains, where)
+        numbers = {k: {d: float(v) for d, v in (obj.get(k) or {}).items()} for k in DOMAIN_NUMBERS}
         return cls(
             form=form,
-            domains=list(domains),
-            targets=parse_targets(tj, "targets"),
-            d0=float(d0),
-            unique_samples=domain_numbers("unique_samples"),
-            seconds_per_sample=domain_numbers("seconds_per_sample"),
+            domains=domains,
+            targets=_parse_targets(obj["targets"], "targets", domains, where),
+            d0=float(obj.get("d0", D0_DEFAULT)),
+            unique_samples=numbers["unique_samples"],
+            seconds_per_sample=numbers["seconds_per_sample"],
             fit=obj.get("fit") or {},
             alternatives=alts,
             uncertainty=obj.get("uncertainty") or {},
@@ -176,7 +131,18 @@ class Laws:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Laws:
-        return cls.from_json(read_json(path), str(path))
+        return cls.from_json(read_laws(path), str(path))
+
+
+def _parse_targets(tobj: dict, base: str, domains: list[str], where: str) -> dict[str, TargetLaw]:
+    out = {}
+    for d, t in tobj.items():
+        law = TargetLaw.from_json(d, t, where)
+        bad = [j for j in law.transfer if j not in domains or j == d]
+        if bad:
+            raise LawfitError(f"{where}: field '{base}.{d}.transfer': unknown or self domain(s) {bad}")
+        out[d] = law
+    return out
 
 
 def unpack_samples(form: str, domains: list[str], samples: dict) -> list[dict[str, TargetLaw]]:

@@ -14,13 +14,13 @@ manifest's shape. Output: `DIR/labels/<id>.npy` (uint8) and `DIR/labels.jsonl` (
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from voxmix.formats.io import jsonl_values
 from voxmix.formats.labels import FILENAME, LabelsError, write_labels_file
 
 # ---------------------------------------------------------------------------------------------------
@@ -29,13 +29,7 @@ from voxmix.formats.labels import FILENAME, LabelsError, write_labels_file
 
 def _read_index(path: Path) -> dict[str, dict]:
     out = {}
-    for no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise LabelsError(f"{path}: line {no}: invalid JSON ({exc})") from None
+    for no, obj in jsonl_values(path, LabelsError):
         src = obj.get("source", obj.get("file"))
         if not isinstance(src, str):
             raise LabelsError(f"{path}: line {no}: field 'source' (or 'file') missing")

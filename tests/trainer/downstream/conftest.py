@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tests.trainer.downstream.downstream_helpers import make_encoder
-from voxmix.trainer.compare_encoders import make_phantom_set
+from voxmix.trainer.downstream.compare import make_phantom_set
 
 
 @pytest.fixture(autouse=True)

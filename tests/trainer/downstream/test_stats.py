@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats as st
 
-from voxmix.trainer.compare_encoders import compare, format_table
+from voxmix.trainer.downstream.compare import compare, format_table
 from voxmix.trainer.downstream.stats import auroc, holm, paired_test, t_interval
 
 A = [0.712, 0.684, 0.731, 0.695, 0.702]

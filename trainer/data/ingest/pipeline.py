@@ -17,9 +17,11 @@ import sys
 import tempfile
 import time
 import zlib
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -160,9 +162,8 @@ def _with_split(r: VolumeRecord, split: str) -> VolumeRecord:
     return _record(obj)
 
 
-def ingest(spec: Spec, out: str | os.PathLike, *, workers: int = 1, progress: bool = True) -> Result:
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+def _previous_records(out: Path) -> dict[tuple[str, str], dict]:
+    """The records of the existing manifest by (domain, source); none if it is missing or unreadable."""
     previous: dict[tuple[str, str], dict] = {}
     if (out / FILENAME).exists():
         try:
@@ -173,6 +174,11 @@ def ingest(spec: Spec, out: str | os.PathLike, *, workers: int = 1, progress: bo
                 f"warning: ignoring the existing manifest ({exc}); every source is processed again",
                 file=sys.stderr,
             )
+    return previous
+
+
+def _jobs(spec: Spec) -> list[tuple[Item, DomainSpec]]:
+    """Every source of every domain, once per domain, in spec and discovery order."""
     jobs: list[tuple[Item, DomainSpec]] = []
     for d in spec.domains:
         seen: set[str] = set()
@@ -181,29 +187,27 @@ def ingest(spec: Spec, out: str | os.PathLike, *, workers: int = 1, progress: bo
                 if item.source not in seen:
                     seen.add(item.source)
                     jobs.append((item, d))
-    result = Result()
-    header = {"spec": str(spec.path), "created_by": "trainer.ingest"}
+    return jobs
 
-    # Records of the previous manifest not handled yet stay in intermediate checkpoints, so that a crash
-    # in the middle of a resumed run does not make the next run redo them.
-    unhandled = {
-        (d.name, item.source): previous[(d.name, item.source)]
-        for item, d in jobs
-        if (d.name, item.source) in previous
-    }
 
-    def checkpoint(final: bool = False) -> None:
-        keep = [] if final else [_record(r) for r in unhandled.values()]
-        write_manifest(out / FILENAME, _ensure_val(result.done + keep, spec), header)
+@dataclass(kw_only=True)
+class _Collector:
+    """Gathers the workers' results into `result`, checkpointing the manifest every CHECKPOINT_EVERY."""
 
-    bar = None
-    if progress:
-        from tqdm import tqdm
+    spec: Spec
+    out: Path
+    header: dict
+    unhandled: dict[tuple[str, str], dict]
+    bar: Any = None
+    result: Result = field(default_factory=Result)
 
-        bar = tqdm(total=len(jobs), unit="vol", desc="ingest", file=sys.stderr)
+    def checkpoint(self, final: bool = False) -> None:
+        keep = [] if final else [_record(r) for r in self.unhandled.values()]
+        write_manifest(self.out / FILENAME, _ensure_val(self.result.done + keep, self.spec), self.header)
 
-    def handle(res: dict) -> None:
-        unhandled.pop((res["domain"], res["source"]), None)
+    def handle(self, res: dict) -> None:
+        result = self.result
+        self.unhandled.pop((res["domain"], res["source"]), None)
         if "record" in res:
             result.done.append(_record(res["record"]))
         elif "skipped" in res:
@@ -211,13 +215,20 @@ def ingest(spec: Spec, out: str | os.PathLike, *, workers: int = 1, progress: bo
             result.done.append(_record(res["skipped"]))
         else:
             result.failures.append(res["failure"])
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(failed=len(result.failures), skipped=result.skipped)
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(failed=len(result.failures), skipped=result.skipped)
         if (len(result.done) + len(result.failures)) % CHECKPOINT_EVERY == 0:
-            checkpoint()
+            self.checkpoint()
 
-    args = [(item, d, str(out), previous.get((d.name, item.source))) for item, d in jobs]
+
+def _progress_bar(total: int) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="vol", desc="ingest", file=sys.stderr)
+
+
+def _run_jobs(args: list[tuple], workers: int, handle: Callable[[dict], None]) -> None:
     if workers <= 1:
         for a in args:
             handle(process(*a))
@@ -226,13 +237,40 @@ def ingest(spec: Spec, out: str | os.PathLike, *, workers: int = 1, progress: bo
             futures = [pool.submit(process, *a) for a in args]
             for f in as_completed(futures):
                 handle(f.result())
-    if bar is not None:
-        bar.close()
-    checkpoint(final=True)
-    result.done = _ensure_val(result.done, spec)
+
+
+def _write_failures(out: Path, failures: list[dict]) -> None:
     lines = [
-        json.dumps(f, sort_keys=True)
-        for f in sorted(result.failures, key=lambda f: (f["domain"], f["source"]))
+        json.dumps(f, sort_keys=True) for f in sorted(failures, key=lambda f: (f["domain"], f["source"]))
     ]
     atomic_write_text(out / FAILURES, "".join(line + "\n" for line in lines))
+
+
+def ingest(spec: Spec, out: str | os.PathLike, *, workers: int = 1, progress: bool = True) -> Result:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    previous = _previous_records(out)
+    jobs = _jobs(spec)
+    # Records of the previous manifest not handled yet stay in intermediate checkpoints, so that a crash
+    # in the middle of a resumed run does not make the next run redo them.
+    unhandled = {
+        (d.name, item.source): previous[(d.name, item.source)]
+        for item, d in jobs
+        if (d.name, item.source) in previous
+    }
+    collector = _Collector(
+        spec=spec,
+        out=out,
+        header={"spec": str(spec.path), "created_by": "trainer.ingest"},
+        unhandled=unhandled,
+        bar=_progress_bar(len(jobs)) if progress else None,
+    )
+    args = [(item, d, str(out), previous.get((d.name, item.source))) for item, d in jobs]
+    _run_jobs(args, workers, collector.handle)
+    if collector.bar is not None:
+        collector.bar.close()
+    collector.checkpoint(final=True)
+    result = collector.result
+    result.done = _ensure_val(result.done, spec)
+    _write_failures(out, result.failures)
     return result

@@ -57,6 +57,12 @@ class DomainSpec:
 
     def __post_init__(self) -> None:
         where = f"domain {self.name!r}"
+        self._check_what(where)
+        self._check_intensity(where)
+        self._check_sizes(where)
+
+    def _check_what(self, where: str) -> None:
+        """Check name, modality and sources (a single source string becomes a list)."""
         if not isinstance(self.name, str) or not _NAME.match(self.name):
             raise SpecError(f"{where}: name must be letters, digits, '_', '.', '-'")
         if self.modality not in MODALITIES:
@@ -69,6 +75,9 @@ class DomainSpec:
             or not all(isinstance(s, str) for s in self.sources)
         ):
             raise SpecError(f"{where}: field 'sources' must be a non-empty list of globs or folders")
+
+    def _check_intensity(self, where: str) -> None:
+        """Check spacing, window, percentiles and suv_max (number lists become float tuples)."""
         if self.spacing is not None:
             self.spacing = _floats(where, "spacing", self.spacing, 3, positive=True)
         self.window = _floats(where, "window", self.window, 2)
@@ -81,6 +90,9 @@ class DomainSpec:
             raise SpecError(f"{where}: field 'percentiles' must satisfy 0 <= low < high <= 100")
         if not isinstance(self.suv_max, (int, float)) or not self.suv_max > 0:
             raise SpecError(f"{where}: field 'suv_max' must be > 0, got {self.suv_max!r}")
+
+    def _check_sizes(self, where: str) -> None:
+        """Check val_fraction, min_size, margin and dtype."""
         vf = self.val_fraction
         if isinstance(vf, bool) or not isinstance(vf, (int, float)) or not 0 <= vf < 1:
             raise SpecError(f"{where}: field 'val_fraction' must be in [0, 1), got {vf!r}")
@@ -121,14 +133,17 @@ class Spec:
 _DOMAIN_KEYS = {f.name for f in fields(DomainSpec)} - {"name"}
 
 
-def load_spec(path: str | os.PathLike) -> Spec:
-    path = Path(path)
+def _read_yaml(path: Path) -> Any:
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise SpecError(f"{path}: file not found") from None
     except yaml.YAMLError as exc:
         raise SpecError(f"{path}: invalid YAML: {exc}") from None
+
+
+def _top_level(path: Path, raw: Any) -> tuple[dict, dict]:
+    """The spec's checked top level: (defaults, domains)."""
     if not isinstance(raw, dict):
         raise SpecError(f"{path}: expected a mapping with 'domains'")
     unknown = set(raw) - {"format", "defaults", "domains"}
@@ -143,17 +158,25 @@ def load_spec(path: str | os.PathLike) -> Spec:
     doms = raw.get("domains")
     if not isinstance(doms, dict) or not doms:
         raise SpecError(f"{path}: field 'domains' must be a non-empty mapping of name -> settings")
-    out = []
-    for name, body in doms.items():
-        if not isinstance(body, dict):
-            raise SpecError(f"{path}: domain {name!r}: expected a mapping")
-        unknown = set(body) - _DOMAIN_KEYS
-        if unknown:
-            raise SpecError(f"{path}: domain {name!r}: unknown field(s) {sorted(unknown)}")
-        try:
-            out.append(DomainSpec(name=str(name), **{**defaults, **body}))
-        except SpecError as exc:
-            raise SpecError(f"{path}: {exc}") from None
-        except TypeError as exc:
-            raise SpecError(f"{path}: domain {name!r}: {exc}") from None
+    return defaults, doms
+
+
+def _domain(path: Path, name: Any, body: Any, defaults: dict) -> DomainSpec:
+    if not isinstance(body, dict):
+        raise SpecError(f"{path}: domain {name!r}: expected a mapping")
+    unknown = set(body) - _DOMAIN_KEYS
+    if unknown:
+        raise SpecError(f"{path}: domain {name!r}: unknown field(s) {sorted(unknown)}")
+    try:
+        return DomainSpec(name=str(name), **{**defaults, **body})
+    except SpecError as exc:
+        raise SpecError(f"{path}: {exc}") from None
+    except TypeError as exc:
+        raise SpecError(f"{path}: domain {name!r}: {exc}") from None
+
+
+def load_spec(path: str | os.PathLike) -> Spec:
+    path = Path(path)
+    defaults, doms = _top_level(path, _read_yaml(path))
+    out = [_domain(path, name, body, defaults) for name, body in doms.items()]
     return Spec(path=path.resolve(), domains=out)
