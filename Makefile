@@ -20,7 +20,7 @@ PIP_C := $(if $(LOCK_USED),-c $(LOCK_USED))
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile $(LOCK)
+$(STAMP): pyproject.toml setup.py Makefile $(LOCK)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@if [ -n "$(HAS_GPU)" ] && [ -n "$(LOCK)" ]; then grep -v '^triton==' $(LOCK) > $(VENV)/lock-gpu.txt; fi
 	$(PY) -m pip install -q $(PIP_C) --upgrade pip setuptools wheel
