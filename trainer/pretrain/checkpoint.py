@@ -9,6 +9,9 @@ Layout under `<out>/checkpoints/`:
 `latest.json` only ever names a tag whose files are all on disk (it is replaced after a barrier that
 follows every rank's save), so a kill mid-save leaves the previous checkpoint as the last good one.
 DeepSpeed's own `latest` file is not used: it is written in place, not atomically.
+
+`CheckpointManager` is the training loop's view: when a save is due, what the trainer adds to DeepSpeed's
+state (loader position, evaluations done), and where the last good checkpoint is.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import numpy as np
 import torch
 
 from voxmix.formats.io import atomic_write_bytes, atomic_write_json
+from voxmix.trainer.pretrain.state import TrainState, every
 
 LATEST = "latest.json"
 FILES = "voxmix_files.json"
@@ -150,3 +154,53 @@ def load(engine, ckpt_dir: Path, mask_gen: torch.Generator, *, rank: int) -> dic
         raise CheckpointError(f"--resume: checkpoint file {rng_file} is corrupt: {err}") from err
     set_rng_state(state, mask_gen)
     return client
+
+
+class CheckpointManager:
+    """Saves, finds and loads the checkpoints of one run under `<out>/checkpoints/` (collective: every
+    rank calls `save` and `load` at the same step)."""
+
+    def __init__(
+        self,
+        ckpt_dir: Path,
+        *,
+        every_steps: int,
+        keep: int,
+        rank: int,
+        world_size: int,
+        mask_gen: torch.Generator,
+    ):
+        self.dir = Path(ckpt_dir)
+        self.every_steps = every_steps
+        self.keep = keep
+        self.rank = rank
+        self.world_size = world_size
+        self.mask_gen = mask_gen
+
+    @property
+    def latest_path(self) -> Path:
+        return self.dir / LATEST
+
+    def due(self, step: int, *, final: bool = False) -> bool:
+        """A save after optimizer step `step`: every `checkpoint.every_steps` steps and at the end."""
+        return every(step, self.every_steps, final=final)
+
+    def latest(self) -> tuple[str, Path]:
+        """(tag, tag_dir) of the last complete checkpoint; CheckpointError naming the file otherwise."""
+        return find_latest(self.dir)
+
+    def save(self, engine: Any, state: TrainState, loader: Any) -> Path:
+        """Save after optimizer step `state.step` with the loader position and the evaluations done."""
+        client = {
+            "loader": loader.state_dict(),
+            "evals_done": state.evals_done,
+            "world_size": self.world_size,
+            "step": state.step,
+        }
+        return save(engine, self.dir, state.step, client, self.mask_gen, rank=self.rank, keep=self.keep)
+
+    def load(self, engine: Any, loader: Any) -> list[int]:
+        """Restore the engine, the RNGs and the loader position; -> the evaluation points already done."""
+        client = load(engine, self.dir, self.mask_gen, rank=self.rank)
+        loader.load_state_dict(client["loader"])
+        return list(client["evals_done"])

@@ -291,6 +291,44 @@ def _section_cls(name: str) -> type:
     }[name]
 
 
+def _as_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        _fail(name, value, "must be true or false")
+    return value
+
+
+def _as_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        _fail(name, value, "must be an integer")
+    return value
+
+
+def _as_float(name: str, value: Any) -> float:
+    if isinstance(value, str):  # YAML 1.1 reads "2e-3" (no dot) as a string
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        _fail(name, value, "must be a number")
+    return float(value)
+
+
+def _as_str(name: str, value: Any) -> str:
+    if not isinstance(value, str):
+        _fail(name, value, "must be a string")
+    return value
+
+
+# The scalar annotations a config field may have, each with its check (bool is not an int here).
+_SCALARS: dict[Any, typing.Callable[[str, Any], Any]] = {
+    bool: _as_bool,
+    int: _as_int,
+    float: _as_float,
+    str: _as_str,
+}
+
+
 def _coerce(name: str, value: Any, tp: Any) -> Any:
     """Check `value` against annotation `tp` (str/int/float/bool/list[int]/dict/Optional)."""
     origin = typing.get_origin(tp)
@@ -311,28 +349,9 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
         if not isinstance(value, dict):
             _fail(name, value, "must be a mapping")
         return dict(value)
-    if tp is bool:
-        if not isinstance(value, bool):
-            _fail(name, value, "must be true or false")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            _fail(name, value, "must be an integer")
-        return value
-    if tp is float:
-        if isinstance(value, str):  # YAML 1.1 reads "2e-3" (no dot) as a string
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            _fail(name, value, "must be a number")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            _fail(name, value, "must be a string")
-        return value
-    raise TypeError(f"unsupported annotation {tp!r} for {name}")
+    if tp not in _SCALARS:
+        raise TypeError(f"unsupported annotation {tp!r} for {name}")
+    return _SCALARS[tp](name, value)
 
 
 def _build_section(sec: str, raw: dict[str, Any]) -> Any:
@@ -389,7 +408,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
         raise ConfigError(f"{path}: {err}") from None
 
 
-def eval_points(cfg: EvalConfig, budget: int) -> list[int]:
+def eval_schedule(cfg: EvalConfig, budget: int) -> list[int]:
     """Sample counts after which to evaluate: `cfg.at` (capped at the budget), or log-spaced; always the end."""
     if cfg.at is not None:
         pts = [a for a in cfg.at if a <= budget]

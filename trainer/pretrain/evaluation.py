@@ -4,14 +4,22 @@ The loss of a domain is the mean normalized-pixel MAE loss over its crops. Crops
 (i % world_size == rank) and the sums are all-reduced, so each crop counts once whatever the world size.
 Under ZeRO-3 every rank must run the same number of forwards (parameters are gathered collectively), so
 the shards are padded with repeats whose losses are not counted.
+
+`Evaluator` is the training loop's view: evaluate the live model, stop on a non-finite loss, hand the
+losses to the metrics sink.
 """
 
 from __future__ import annotations
 
+import math
 import zlib
+from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from voxmix.trainer.pretrain.sink import MetricsSink
+from voxmix.trainer.pretrain.step import NonFiniteLoss
 
 
 class EvalSet:
@@ -57,3 +65,40 @@ def evaluate(
         sums, counts = both.cpu()
     model.train(was_training)
     return {d: float(sums[j] / counts[j]) for j, d in enumerate(es.domains) if counts[j] > 0}
+
+
+class Evaluator:
+    """Evaluates the training model on the fixed held-out set at the loop's evaluation points (collective:
+    every rank calls it at the same step)."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        eval_set: EvalSet,
+        sink: MetricsSink,
+        *,
+        rank: int,
+        world_size: int,
+        batch_size: int,
+        device: torch.device,
+        dtype: torch.dtype,
+        pad_to_equal: bool,
+    ):
+        self.model, self.eval_set, self.sink = model, eval_set, sink
+        self.kwargs: dict[str, Any] = dict(
+            rank=rank,
+            world_size=world_size,
+            batch_size=batch_size,
+            device=device,
+            dtype=dtype,
+            pad_to_equal=pad_to_equal,
+        )
+
+    def __call__(self, step: int, position: int) -> dict[str, float]:
+        """Per-domain held-out loss after optimizer step `step` (`position` global samples trained)."""
+        loss = evaluate(self.model, self.eval_set, **self.kwargs)
+        bad = {d: v for d, v in loss.items() if not math.isfinite(v)}
+        if bad:
+            raise NonFiniteLoss(f"step {step}: evaluation loss is not finite {bad}")
+        self.sink.eval(step=step, position=position, loss=loss)
+        return loss

@@ -11,6 +11,7 @@ from __future__ import annotations
 import resource
 import time
 
+import numpy as np
 import torch
 
 # Dense peak TFLOP/s per device (bf16 tensor cores / fp32 without TF32), by substring of the device name.
@@ -32,6 +33,11 @@ def peak_tflops(device: torch.device, precision: str, override: float | None) ->
         if key in name:
             return peaks[precision]
     return None
+
+
+def domain_counts(schedule: np.ndarray, start: int, stop: int, n_domains: int) -> list[int]:
+    """Global samples per domain at sequence positions [start, stop) of the sampler's domain schedule."""
+    return np.bincount(schedule[start:stop], minlength=n_domains).tolist()
 
 
 def peak_memory_bytes(device: torch.device) -> int:

@@ -12,7 +12,7 @@ from voxmix.trainer.pretrain.config import (
     EvalConfig,
     OptimConfig,
     config_from_dict,
-    eval_points,
+    eval_schedule,
     load_config,
 )
 from voxmix.trainer.pretrain.optim import deepspeed_config, lr_factor
@@ -76,12 +76,12 @@ def test_overrides_are_typed(tmp_path):
         load_config(p)
 
 
-def test_eval_points_log_spaced_and_explicit():
-    pts = eval_points(EvalConfig(points=5, first=10), 10_000)
+def test_eval_schedule_log_spaced_and_explicit():
+    pts = eval_schedule(EvalConfig(points=5, first=10), 10_000)
     assert pts[0] == 10 and pts[-1] == 10_000 and len(pts) == 5
     ratios = [b / a for a, b in zip(pts, pts[1:])]
     assert max(ratios) / min(ratios) < 1.01  # geometric spacing
-    assert eval_points(EvalConfig(at=[5, 50, 500]), 100) == [5, 50, 100]
+    assert eval_schedule(EvalConfig(at=[5, 50, 500]), 100) == [5, 50, 100]
 
 
 def test_wsd_and_cosine_schedules():
