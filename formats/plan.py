@@ -144,12 +144,9 @@ def read_plan(path: str | os.PathLike) -> Plan:
 
 
 def plan_json(plan: Plan) -> dict[str, Any]:
-    return {
-        **plan.extra,
-        "format": FORMAT,
-        "domains": list(plan.domains),
-        "runs": [r.to_json() for r in plan.runs],
-    }
+    # The format first, so that `head -c 40 plan.json` says what the file is; runs last (the long part).
+    head = {"format": FORMAT, "domains": list(plan.domains)}
+    return {**head, **plan.extra, "runs": [r.to_json() for r in plan.runs]}
 
 
 def write_plan(path: str | os.PathLike, obj: dict[str, Any] | Plan) -> Path:

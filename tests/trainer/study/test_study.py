@@ -1,7 +1,7 @@
 """The whole study, shrunk (2 phantom domains, tiny model, pilots of 96 samples), through scripts/demo.py:
-real phantoms, ingest, `lawfit plan/fit/allocate/report`, and `python -m trainer.sweep` launching
-`deepspeed trainer/run.py` on CPU. Checks that the artefacts agree with each other, recomputed here from
-the files, not from the demo's own numbers."""
+real phantoms, ingest, lawfit's plan/fit/allocate/report, and sweeps launching `deepspeed trainer/run.py`
+on CPU (voxmix.trainer.study); then `python -m trainer.sweep` on its own. Checks that the artefacts agree
+with each other, recomputed here from the files, not from the demo's own numbers."""
 
 from __future__ import annotations
 

@@ -1,0 +1,133 @@
+"""Options of the study and the pure pieces of the sweep and the demo: fast, no subprocesses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from voxmix.formats.allocation import make_allocation
+from voxmix.formats.plan import PlannedRun, parse_plan, plan_json
+from voxmix.trainer.study.demo import final_plan, pilot_plan
+from voxmix.trainer.study.launchers import plan_slots, sbatch_script, trainer_args
+from voxmix.trainer.study.options import REPO, DemoOptions, StudyError, SweepError, SweepOptions
+
+PATHS = {"plan": Path("plan.json"), "runs_dir": Path("runs"), "manifest": Path("m.jsonl")}
+
+
+def test_sweep_options_defaults_match_the_command_line():
+    o = SweepOptions(**PATHS)
+    assert (o.launcher, o.gpus_per_run, o.parallel, o.retries, o.dry_run) == ("local", 1, 0, 1, False)
+    assert o.config == Path("configs/tiny.yaml") and o.deepspeed.endswith("deepspeed")
+    assert o.summary_name == "summary.json"
+    assert SweepOptions(**PATHS, only=("a", "b")).summary_name == "summary.a+b.json"
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "flag"),
+    [
+        ("gpus_per_run", 0, "--gpus-per-run"),
+        ("parallel", -1, "--parallel"),
+        ("retries", -1, "--retries"),
+        ("launcher", "k8s", "--launcher"),
+        ("only", ("",), "--only"),
+    ],
+)
+def test_sweep_options_name_the_bad_field(field, value, flag):
+    with pytest.raises(SweepError, match=flag):
+        SweepOptions(**PATHS, **{field: value})
+
+
+def test_demo_options_defaults_and_normalisation():
+    o = DemoOptions()
+    assert o.out == REPO / "demo" and o.domains == ("ct_abdomen", "ct_chest", "mri_brain", "pet_wholebody")
+    assert (o.pilot_samples, o.scale, o.evals, o.min_eval, o.final_evals) == (6000, 4.0, 8, 400, 5)
+    assert (o.parallel, o.bootstrap, o.workers, o.seed, o.downstream) == (2, 20, 2, 0, "auto")
+    # comma- or space-separated, as `python -m trainer.phantoms --domains` takes them
+    assert DemoOptions(domains=("ct_abdomen,mri_brain", "pet_wholebody")).domains == (
+        "ct_abdomen",
+        "mri_brain",
+        "pet_wholebody",
+    )
+    # the demo always ran its commands in the repository: a relative preset is the repository's
+    assert DemoOptions().config_path == REPO / "configs" / "tiny.yaml"
+    assert DemoOptions(config=Path("/x/y.yaml")).config_path == Path("/x/y.yaml")
+    assert DemoOptions(overrides=("a.b=1",)).trainer_overrides[-1] == "a.b=1"
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"domains": ("ct_abdomen", "liver")}, "--domains: unknown \\['liver'\\]"),
+        ({"domains": ("ct_abdomen", "ct_abdomen")}, "--domains: duplicate"),
+        ({"domains": (",",)}, "--domains"),
+        ({"per_domain": 0}, "--per-domain"),
+        ({"size": 8}, "--size"),
+        ({"pilot_samples": 0}, "--pilot-samples"),
+        ({"evals": 0}, "--evals"),
+        ({"min_eval": -1}, "--min-eval"),
+        ({"final_evals": 0}, "--final-evals"),
+        ({"bootstrap": -1}, "--bootstrap"),
+        ({"scale": 0.0}, "--scale"),
+        ({"downstream": "maybe"}, "--downstream"),
+        ({"time_budget": -1.0}, "--time-budget"),
+    ],
+)
+def test_demo_options_name_the_bad_field(kw, match):
+    with pytest.raises(StudyError, match=match):
+        DemoOptions(**kw)
+
+
+def test_slots_on_cpu_share_the_cores():
+    s = plan_slots(0, 2, 1, 2, {})
+    assert s.groups == [None, None] and s.env["DS_ACCELERATOR"] == "cpu" and s.env["OMP_NUM_THREADS"] == "1"
+    assert plan_slots(0, 2, 1, 2, {"OMP_NUM_THREADS": "2"}).env["OMP_NUM_THREADS"] == "2"  # the user's wins
+    assert plan_slots(0, 16, 1, 0, {}).parallel == 1  # one run at a time on CPU unless asked
+    assert "OMP_NUM_THREADS" not in plan_slots(0, 16, 1, 1, {}).env
+
+
+def test_slots_on_gpus_are_disjoint_groups():
+    s = plan_slots(4, 64, 2, 0, {})
+    assert s.groups == [[0, 1], [2, 3]] and "DS_ACCELERATOR" not in s.env
+    assert plan_slots(8, 64, 2, 3, {}).groups == [[0, 1], [2, 3], [4, 5]]
+    with pytest.raises(SweepError, match="--gpus-per-run 4: only 2 GPU"):
+        plan_slots(2, 64, 4, 0, {})
+
+
+def test_trainer_args_and_sbatch_script():
+    mix = {"b": 0.7, "a": 0.3}
+    run = PlannedRun(run_id="r1", role="fit", mixture=mix, budget_samples=96, eval_at=[48, 96], seed=3)
+    o = SweepOptions(**PATHS, overrides=("optim.lr=1e-3",), launcher="slurm", parallel=2, sbatch=("--qos=x",))
+    args = trainer_args(run, o, Path("/out/r1"))
+    assert args[args.index("--mixture") + 1] == "a=0.3,b=0.7"
+    assert args[args.index("--eval-at") + 1] == "48,96" and args[-2:] == ["--set", "optim.lr=1e-3"]
+    text = sbatch_script(o, [run], Path("/runs"))
+    assert "#SBATCH --array=0-0%2" in text and "#SBATCH --qos=x" in text and "RUNS=(r1)" in text
+    assert "--set optim.lr=1e-3" in text and "--retries 1" in text
+
+
+def test_pilot_plan_gives_every_pilot_the_asked_samples():
+    unique = {"mri_brain": 12, "ct_abdomen": 14}
+    o = DemoOptions(domains=("ct_abdomen", "mri_brain"), pilot_samples=96, evals=4, min_eval=40)
+    plan = pilot_plan(o, unique)
+    assert plan.domains == ["ct_abdomen", "mri_brain"]
+    assert {r.budget_samples for r in plan.runs} == {96} and len(plan.runs) == 6
+    assert all(r.eval_at[0] == 40 and r.eval_at[-1] == 96 and len(r.eval_at) <= 4 for r in plan.runs)
+    assert [r.seed for r in plan.runs] == list(range(6))
+    parse_plan(plan_json(plan))  # the plan's owner accepts it
+    default = pilot_plan(
+        DemoOptions(domains=("ct_abdomen", "mri_brain"), pilot_samples=96, min_eval=0), unique
+    )
+    assert default.runs[0].eval_at[-1] == 96 and default.runs[0].eval_at[0] < 40
+
+
+def test_final_plan_reproduces_the_allocated_counts():
+    allocs = {"proportional": {"a": 5001, "b": 4, "c": 4595}, "transfer_aware": {"a": 7, "b": 9000, "c": 593}}
+    plan = final_plan(allocs, 2000, 7, 5)
+    assert [r.run_id for r in plan.runs] == ["final-proportional", "final-transfer_aware"]
+    for r, counts in zip(plan.runs, allocs.values()):
+        assert r.budget_samples == 9600 and r.seed == 7 and r.role == "final"
+        assert r.eval_at[0] == 2500 and r.eval_at[-1] == 9600
+        # the trainer turns weights back into counts by largest-remainder rounding
+        assert make_allocation(r.mixture, r.budget_samples).samples == counts
+    parse_plan(plan_json(plan))
