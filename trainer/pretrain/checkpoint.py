@@ -20,6 +20,7 @@ import io
 import json
 import random
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -156,26 +157,17 @@ def load(engine, ckpt_dir: Path, mask_gen: torch.Generator, *, rank: int) -> dic
     return client
 
 
+@dataclass(kw_only=True)
 class CheckpointManager:
     """Saves, finds and loads the checkpoints of one run under `<out>/checkpoints/` (collective: every
     rank calls `save` and `load` at the same step)."""
 
-    def __init__(
-        self,
-        ckpt_dir: Path,
-        *,
-        every_steps: int,
-        keep: int,
-        rank: int,
-        world_size: int,
-        mask_gen: torch.Generator,
-    ):
-        self.dir = Path(ckpt_dir)
-        self.every_steps = every_steps
-        self.keep = keep
-        self.rank = rank
-        self.world_size = world_size
-        self.mask_gen = mask_gen
+    dir: Path
+    every_steps: int
+    keep: int
+    rank: int
+    world_size: int
+    mask_gen: torch.Generator
 
     @property
     def latest_path(self) -> Path:

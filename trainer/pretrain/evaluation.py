@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -67,36 +67,34 @@ def evaluate(
     return {d: float(sums[j] / counts[j]) for j, d in enumerate(es.domains) if counts[j] > 0}
 
 
+@dataclass(kw_only=True)
 class Evaluator:
     """Evaluates the training model on the fixed held-out set at the loop's evaluation points (collective:
     every rank calls it at the same step)."""
 
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        eval_set: EvalSet,
-        sink: MetricsSink,
-        *,
-        rank: int,
-        world_size: int,
-        batch_size: int,
-        device: torch.device,
-        dtype: torch.dtype,
-        pad_to_equal: bool,
-    ):
-        self.model, self.eval_set, self.sink = model, eval_set, sink
-        self.kwargs: dict[str, Any] = dict(
-            rank=rank,
-            world_size=world_size,
-            batch_size=batch_size,
-            device=device,
-            dtype=dtype,
-            pad_to_equal=pad_to_equal,
-        )
+    model: torch.nn.Module
+    eval_set: EvalSet
+    sink: MetricsSink
+    rank: int
+    world_size: int
+    batch_size: int
+    device: torch.device
+    dtype: torch.dtype
+    pad_to_equal: bool
+    """ZeRO-3 gathers parameters in every forward: every rank must run as many forwards."""
 
     def __call__(self, step: int, position: int) -> dict[str, float]:
         """Per-domain held-out loss after optimizer step `step` (`position` global samples trained)."""
-        loss = evaluate(self.model, self.eval_set, **self.kwargs)
+        loss = evaluate(
+            self.model,
+            self.eval_set,
+            rank=self.rank,
+            world_size=self.world_size,
+            batch_size=self.batch_size,
+            device=self.device,
+            dtype=self.dtype,
+            pad_to_equal=self.pad_to_equal,
+        )
         bad = {d: v for d, v in loss.items() if not math.isfinite(v)}
         if bad:
             raise NonFiniteLoss(f"step {step}: evaluation loss is not finite {bad}")

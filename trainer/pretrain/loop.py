@@ -65,7 +65,7 @@ class Trainer:
         self.precision = "bf16" if self.bf16 else "fp32"
         self.mask_gen = torch.Generator()  # seeded per rank in `_init_process`
         self.ckpt = CheckpointManager(
-            self.out / "checkpoints",
+            dir=self.out / "checkpoints",
             every_steps=cfg.checkpoint.every_steps,
             keep=cfg.checkpoint.keep,
             rank=rank,
@@ -168,9 +168,9 @@ class Trainer:
 
     def _evaluator(self, sink: MetricsSink) -> Evaluator:
         return Evaluator(
-            self.engine.module,
-            self.eval_set,
-            sink,
+            model=self.engine.module,
+            eval_set=self.eval_set,
+            sink=sink,
             rank=self.rank,
             world_size=self.world,
             batch_size=self.cfg.eval.batch_size,

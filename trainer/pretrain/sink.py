@@ -8,6 +8,7 @@ and, with `train.tensorboard`, `<out>/tb/`. Console lines are printed by rank 0 
 from __future__ import annotations
 
 import time
+from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ def console(rank: int, msg: str) -> None:
         print(f"[voxmix {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+@dataclass
 class MetricsSink:
     """Run log writer (rank 0), optional TensorBoard writer (rank 0), console lines (rank 0).
 
@@ -49,23 +51,18 @@ class MetricsSink:
     `completed` is not started again.
     """
 
-    def __init__(
-        self,
-        out: Path,
-        *,
-        rank: int,
-        domains: list[str],
-        schedule: np.ndarray,
-        log_every: int,
-        tensorboard: bool,
-    ):
-        self.out = Path(out)
-        self.rank = rank
-        self.domains = domains
-        self.schedule = schedule
-        self.log_every = log_every
-        self.tensorboard = tensorboard
-        self.writer = RunLogWriter(self.out / RUNLOG) if rank == 0 else None
+    out: Path
+    _: KW_ONLY
+    rank: int
+    domains: list[str]
+    schedule: np.ndarray
+    """Domain id of every global sample position (counts per domain between two positions)."""
+    log_every: int
+    tensorboard: bool
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        self.writer = RunLogWriter(self.out / RUNLOG) if self.rank == 0 else None
         logged = read_state(self.out / RUNLOG)  # every rank: `completed` decides whether all ranks train
         self.started = logged.started
         self.last_logged_eval = logged.last_eval_step

@@ -19,7 +19,7 @@ from voxmix.trainer.pretrain.step import NonFiniteLoss, boundary_loss, train_ste
 
 def _ckpt(tmp_path, every_steps=4):
     return CheckpointManager(
-        tmp_path / "checkpoints",
+        dir=tmp_path / "checkpoints",
         every_steps=every_steps,
         keep=2,
         rank=0,
