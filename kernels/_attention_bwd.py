@@ -11,7 +11,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from kernels._ext import autotune, interpreter
+from voxmix.kernels._ext import autotune, interpreter
 
 
 def bwd_configs():

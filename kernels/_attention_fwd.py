@@ -8,7 +8,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from kernels._ext import autotune, interpreter
+from voxmix.kernels._ext import autotune, interpreter
 
 # log2(e): the kernels work in base 2 (exp2 is one MUFU instruction); LSE is saved in base-2 units.
 LOG2E = 1.4426950408889634

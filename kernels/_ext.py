@@ -1,4 +1,4 @@
-"""Loads the C++ extension (kernels._C, built from csrc/ by setup.py).
+"""Loads the C++ extension (voxmix.kernels._C, built from csrc/ by setup.py).
 
 When it is missing or fails to load, `ext()` returns None and warns once; callers then use their
 PyTorch fallback. VOXMIX_NO_EXT=1 forces the fallback (used by tests of the fallback path).
@@ -16,7 +16,7 @@ def _load():
     if os.environ.get("VOXMIX_NO_EXT") == "1":
         return None, "VOXMIX_NO_EXT=1"
     try:
-        from kernels import _C
+        from voxmix.kernels import _C
     except ImportError as err:
         return None, str(err)
     return _C, None
@@ -32,7 +32,7 @@ def ext():
     if mod is None and not _warned:
         _warned = True
         warnings.warn(
-            f"voxmix: C++ ops (kernels._C) unavailable ({why}); using slower PyTorch fallbacks. "
+            f"voxmix: C++ ops (voxmix.kernels._C) unavailable ({why}); using slower PyTorch fallbacks. "
             'Rebuild with `.venv/bin/python -m pip install --no-build-isolation -e ".[train,dev]"`.',
             RuntimeWarning,
             stacklevel=3,
@@ -40,9 +40,17 @@ def ext():
     return mod
 
 
+# Read once: `voxmix.kernels` imports this module and then every kernel module in one go, so this is what
+# `triton.jit` saw when it decorated the kernels (interpreted or compiled); that cannot change later.
+_INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+
+
 def interpreter() -> bool:
-    """True when Triton runs in interpreter mode (CPU tensors; read when kernel modules are imported)."""
-    return os.environ.get("TRITON_INTERPRET") == "1"
+    """True when this process decorated the Triton kernels for Triton's interpreter (fixed at import).
+
+    Selects interpreter-sized tiles; which backend the ops run is `voxmix.kernels.backend`'s choice.
+    """
+    return _INTERPRETED
 
 
 @functools.cache
@@ -57,7 +65,7 @@ def interpreter_problem() -> str | None:
     import torch
     import triton
 
-    from kernels._interpreter_probe import loop_over_loaded_bound
+    from voxmix.kernels._interpreter_probe import loop_over_loaded_bound
 
     try:
         loop_over_loaded_bound[(1,)](torch.tensor([2, 0], dtype=torch.int32))

@@ -5,16 +5,16 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 import triton
 
-from kernels import _ext
-from kernels._attention_bwd import (
+from voxmix.kernels import _ext
+from voxmix.kernels._attention_bwd import (
     _attention_bwd_dkdv_kernel,
     _attention_bwd_dq_kernel,
     _attention_bwd_preprocess_kernel,
 )
-from kernels._attention_fwd import LOG2E, _attention_fwd_kernel
+from voxmix.kernels._attention_fwd import LOG2E, _attention_fwd_kernel
+from voxmix.kernels.backend import runs_triton
 
 HEAD_DIMS = range(16, 129)  # any Dh in [16, 128]; tuned for 32, 64, 80, 96, 128
 
@@ -45,21 +45,22 @@ def attention_ref(q, k, v, *, scale=None, lengths=None, upcast=False):
 # Launchers
 
 
-def _check(q, k, v, lengths):
+def _check(q, k, v, lengths, triton: bool) -> None:
+    """Checks of the public API; `triton`: the call runs the Triton kernels (which limit dtype and Dh)."""
     if q.dim() != 4 or q.shape != k.shape or q.shape != v.shape:
         raise ValueError(
             f"q, k, v must all have shape (B, H, N, Dh); got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
         )
-    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
-        raise ValueError(
-            f"q, k, v must share one dtype of float16/bfloat16/float32; got {q.dtype}, {k.dtype}, {v.dtype}"
-        )
+    dtypes = (torch.float16, torch.bfloat16, torch.float32) + (() if triton else (torch.float64,))
+    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in dtypes:
+        names = "/".join(str(d).removeprefix("torch.") for d in dtypes)
+        raise ValueError(f"q, k, v must share one dtype of {names}; got {q.dtype}, {k.dtype}, {v.dtype}")
     if not (q.device == k.device == v.device):
         raise ValueError(f"q, k, v must be on one device; got {q.device}, {k.device}, {v.device}")
     b, _, n, dh = q.shape
     if n < 1:
         raise ValueError(f"attention needs N >= 1 tokens, got N={n}")
-    if dh not in HEAD_DIMS:
+    if triton and dh not in HEAD_DIMS:
         raise ValueError(f"head dim Dh={dh} is not supported by the Triton kernel (16 <= Dh <= 128)")
     if lengths is not None:
         if lengths.shape != (b,) or lengths.dtype.is_floating_point:
@@ -99,8 +100,6 @@ def _strides(q, k, v, o):
 def attention_fwd(q, k, v, lengths, scale):
     """Triton forward -> (o contiguous like q, lse (B, H, N) fp32 in base 2)."""
     b, h, n, _ = q.shape
-    if lengths is not None:
-        _check_lengths(lengths, n)
     o = q.new_empty(q.shape)
     lse = torch.empty((b, h, n), device=q.device, dtype=torch.float32)
     lens = _lens(lengths, b, n, q.device)
@@ -127,6 +126,7 @@ def attention_bwd(do, q, k, v, o, lse, lengths, scale):
     b, h, n, dh = q.shape
     do = do.contiguous()
     o = o.contiguous()
+    lse = lse.contiguous()  # the CPU path's LSE (a forward on another backend) is a transposed view
     meta = _meta(q)
     delta = torch.empty_like(lse)
     block_pre = 64 if not _ext.interpreter() else 16
@@ -144,31 +144,87 @@ def attention_bwd(do, q, k, v, o, lse, lengths, scale):
 
 
 # ---------------------------------------------------------------------------------------------------
-# Custom ops: one opaque node for torch.compile and DeepSpeed. CUDA (and CPU under the Triton
-# interpreter) run the Triton kernels; plain CPU runs the math of the reference (see `attention`).
+# CPU implementation: ATen's fused flash-attention kernels, the ones F.scaled_dot_product_attention
+# picks on CPU (faster there than the eager math, docs/kernels.md), called directly to get the
+# log-sum-exp for the custom op's backward. The op's LSE is in base 2 on every backend, so a forward
+# and a backward may even run on different backends. Outputs keep ATen's CPU layouts (o like q, the
+# LSE and the gradients (B, N, H, .) in memory): a copy to contiguous measured up to 1.5x slower
+# forward + backward, and the model's o.transpose(1, 2).reshape is free on that layout.
 
 
-def _use_triton(t: torch.Tensor) -> bool:
-    return t.is_cuda or _ext.interpreter()
+def _lse_dtype(q: torch.Tensor) -> torch.dtype:
+    return torch.float64 if q.dtype == torch.float64 else torch.float32  # fp64: CPU path only
+
+
+def _cpu_mask(lengths: torch.Tensor | None, q: torch.Tensor) -> torch.Tensor | None:
+    # Additive, in q's dtype: the CPU flash kernel takes no bool mask (SDPA converts the same way).
+    if lengths is None:
+        return None
+    pad = _key_mask(lengths.to(q.device), q.shape[-2])
+    return torch.zeros(pad.shape, dtype=q.dtype, device=q.device).masked_fill(pad, float("-inf"))
+
+
+def attention_cpu_fwd(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: torch.Tensor | None, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """CPU forward -> (o, lse (B, H, N) in base 2: fp32, or fp64 for fp64 inputs), in `_cpu_layouts`."""
+    o, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+        q, k, v, 0.0, False, attn_mask=_cpu_mask(lengths, q), scale=scale
+    )
+    return o, lse.mul_(LOG2E)
+
+
+def attention_cpu_bwd(
+    do: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    o: torch.Tensor,
+    lse: torch.Tensor,
+    lengths: torch.Tensor | None,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """CPU backward -> (dq, dk, dv) in q's dtype, in `_cpu_grad`'s layout."""
+    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+        do, q, k, v, o, lse / LOG2E, 0.0, False, attn_mask=_cpu_mask(lengths, q), scale=scale
+    )
+
+
+def _cpu_layouts(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Empty (o, lse) as ATen's CPU kernel lays them out (its meta function): one layout per device."""
+    b, h, n, _ = q.shape
+    return torch.empty_like(q), q.new_empty((b, n, h), dtype=_lse_dtype(q)).transpose(1, 2)
+
+
+def _cpu_grad(t: torch.Tensor) -> torch.Tensor:
+    return torch.empty_permuted(t.shape, (0, 2, 1, 3), dtype=t.dtype, device=t.device)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Custom ops: one opaque node for torch.compile and DeepSpeed, and the only path of `attention`. Each
+# call dispatches on (device, backend) (kernels/backend.py): Triton kernels, or the CPU implementation.
 
 
 @torch.library.custom_op("voxmix::attention_fwd", mutates_args=())
 def _attention_fwd_op(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: torch.Tensor | None, scale: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    if _use_triton(q):
-        return attention_fwd(q, k, v, lengths, scale)
-    s = torch.matmul(q.float(), k.float().transpose(-2, -1)) * (scale * LOG2E)
     if lengths is not None:
-        s = s.masked_fill(_key_mask(lengths, k.shape[-2]), float("-inf"))
-    lse = torch.logsumexp(s * math.log(2.0), dim=-1) * LOG2E
-    o = torch.matmul(torch.exp2(s - lse[..., None]), v.float()).to(q.dtype)
-    return o.contiguous(), lse.contiguous()
+        _check_lengths(lengths, q.shape[2])
+    if not runs_triton(q):
+        return attention_cpu_fwd(q, k, v, lengths, scale)
+    o, lse = attention_fwd(q, k, v, lengths, scale)
+    if q.is_cuda:
+        return o, lse
+    o_cpu, lse_cpu = _cpu_layouts(q)  # the interpreter on CPU tensors: the CPU path's layouts
+    return o_cpu.copy_(o), lse_cpu.copy_(lse)
 
 
 @_attention_fwd_op.register_fake
 def _(q, k, v, lengths, scale):
-    return q.new_empty(q.shape), q.new_empty(q.shape[:3], dtype=torch.float32)
+    if q.is_cuda:
+        return q.new_empty(q.shape), q.new_empty(q.shape[:3], dtype=torch.float32)
+    return _cpu_layouts(q)
 
 
 @torch.library.custom_op("voxmix::attention_bwd", mutates_args=())
@@ -182,22 +238,20 @@ def _attention_bwd_op(
     lengths: torch.Tensor | None,
     scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    if _use_triton(q):
-        return attention_bwd(do, q, k, v, o, lse, lengths, scale)
-    qf, kf, vf, dof = q.float(), k.float(), v.float(), do.float()
-    p = torch.exp2(torch.matmul(qf, kf.transpose(-2, -1)) * (scale * LOG2E) - lse[..., None])
-    if lengths is not None:
-        p = p.masked_fill(_key_mask(lengths, k.shape[-2]), 0.0)
-    dv = torch.matmul(p.transpose(-2, -1), dof)
-    ds = p * (torch.matmul(dof, vf.transpose(-2, -1)) - (dof * o.float()).sum(-1, keepdim=True))
-    dq = torch.matmul(ds, kf) * scale
-    dk = torch.matmul(ds.transpose(-2, -1), qf) * scale
-    return dq.to(q.dtype), dk.to(q.dtype), dv.to(q.dtype)
+    if not runs_triton(q):
+        return attention_cpu_bwd(do, q, k, v, o, lse, lengths, scale)
+    grads = attention_bwd(do, q, k, v, o, lse, lengths, scale)
+    if q.is_cuda:
+        return grads
+    dq, dk, dv = (_cpu_grad(g).copy_(g) for g in grads)  # the interpreter: the CPU path's layout
+    return dq, dk, dv
 
 
 @_attention_bwd_op.register_fake
 def _(do, q, k, v, o, lse, lengths, scale):
-    return q.new_empty(q.shape), q.new_empty(q.shape), q.new_empty(q.shape)
+    if q.is_cuda:
+        return q.new_empty(q.shape), q.new_empty(q.shape), q.new_empty(q.shape)
+    return _cpu_grad(q), _cpu_grad(k), _cpu_grad(v)
 
 
 def _attention_setup(ctx, inputs, output):
@@ -223,14 +277,10 @@ _attention_fwd_op.register_autograd(_attention_backward, setup_context=_attentio
 def attention(q, k, v, *, scale=None, lengths=None):
     """softmax(q k^T * scale) v over (B, H, N, Dh), bidirectional; `lengths` (B,) masks padded keys.
 
-    CUDA (or CPU with TRITON_INTERPRET=1): the Triton custom op `voxmix::attention_fwd`. Plain CPU:
-    PyTorch's SDPA, whose fused CPU kernel is the fastest path there (docs/kernels.md).
+    Always the custom op `voxmix::attention_fwd`, which runs the Triton kernels (CUDA, or the
+    interpreter) or, on CPU, ATen's fused flash-attention kernel (what SDPA runs on CPU); see
+    kernels/backend.py and docs/kernels.md.
     """
+    _check(q, k, v, lengths, triton=runs_triton(q))
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    if not _use_triton(q):
-        mask = None
-        if lengths is not None:
-            mask = ~_key_mask(lengths.to(q.device), k.shape[-2])
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
-    _check(q, k, v, lengths)
     return _attention_fwd_op(q, k, v, lengths, scale)[0]

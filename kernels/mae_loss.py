@@ -6,8 +6,9 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import _ext
-from kernels.patchify import grid_shape, normalize_patch, patchify_ref
+from voxmix.kernels import _ext
+from voxmix.kernels.backend import runs_triton
+from voxmix.kernels.patchify import grid_shape, normalize_patch, patchify_ref
 
 
 def _target_ref(x, mask_idx, patch, norm_pix, eps, dtype=torch.float32):
@@ -128,7 +129,8 @@ def mae_loss_fwd(pred, x, mask_idx, patch, norm_pix, eps, need_grad):
 
 
 # ---------------------------------------------------------------------------------------------------
-# Custom op. CUDA (or CPU under the interpreter): Triton. CPU: C++ (csrc/mae_loss), else reference.
+# Custom op, the only path of `mae_loss`. Each call dispatches on (device, backend) (kernels/backend.py):
+# Triton, or the CPU implementation: C++ (csrc/mae_loss), else (VOXMIX_NO_EXT=1, no build) the reference.
 
 
 @torch.library.custom_op("voxmix::mae_loss", mutates_args=())
@@ -136,9 +138,9 @@ def _mae_loss_op(
     pred: torch.Tensor, x: torch.Tensor, mask_idx: torch.Tensor, pd: int, ph: int, pw: int,
     norm_pix: bool, eps: float, need_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    if x.is_cuda or _ext.interpreter():
+    if runs_triton(x):
         return mae_loss_fwd(pred, x, mask_idx, (pd, ph, pw), norm_pix, eps, need_grad)
-    mod = _ext.ext()
+    mod = _ext.ext() if x.device.type == "cpu" else None
     if mod is not None:
         return mod.mae_loss_cpu(pred, x, mask_idx, pd, ph, pw, norm_pix, eps, need_grad)
     _check_idx(mask_idx, patchify_ref(x[:1, :1], (pd, ph, pw)).shape[1])
@@ -177,7 +179,8 @@ def mae_loss(pred, x, mask_idx, patch, *, norm_pix=True, eps=1e-6):
     """(loss, per_sample (B,) fp32) for predictions pred (B, M, V) of the masked patches of x.
 
     The gradient for pred is computed in the same pass (stored, then scaled by the upstream gradient
-    in backward); targets are never materialized. Not differentiable in x.
+    in backward); targets are never materialized. Not differentiable in x. Always the custom op
+    `voxmix::mae_loss` (Triton, or on CPU the C++ kernel; see kernels/backend.py).
     """
     pd, ph, pw = normalize_patch(patch)
     if pred.dim() != 3 or x.dim() != 5 or mask_idx.dim() != 2:

@@ -7,14 +7,15 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from kernels import _ext
-from kernels.patchify import (
+from voxmix.kernels import _ext
+from voxmix.kernels.backend import runs_triton
+from voxmix.kernels.patchify import (
     _check_volume,
+    _patchify_impl,
+    _unpatchify_impl,
     grid_shape,
     normalize_patch,
-    patchify,
     patchify_ref,
-    unpatchify_ref,
 )
 
 
@@ -237,11 +238,68 @@ def patch_embed3d_bwd(dy, x, weight, patch, need_dx, need_dw):
 
 
 # ---------------------------------------------------------------------------------------------------
-# Custom ops (CUDA, or CPU under the Triton interpreter; other CPU calls use the reference math)
+# CPU implementation: the custom ops' kernel for tensors that do not run Triton (kernels/backend.py).
+# fp32/fp64: oneDNN's strided Conv3d, measured 1.2-1.6x faster than patchify + linear (forward +
+# backward, 2 cores; benchmarks/bench_patch_embed.py). fp16/bf16: C++ patchify + one matmul (oneDNN's
+# low-precision Conv3d is the slower path there, up to 2.6x).
 
 
-def _use_triton(t):
-    return t.is_cuda or _ext.interpreter()
+def _conv_path(x: torch.Tensor) -> bool:
+    return x.dtype in (torch.float32, torch.float64)
+
+
+def patch_embed3d_cpu_fwd(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    pos: torch.Tensor | None,
+    patch: tuple[int, int, int],
+) -> torch.Tensor:
+    """CPU forward -> tokens (B, N, E) contiguous, in x's dtype."""
+    pd, ph, pw = patch
+    if _conv_path(x):
+        y = F.conv3d(x, weight.reshape(weight.shape[0], x.shape[1], pd, ph, pw), bias, stride=patch)
+        y = y.flatten(2).transpose(1, 2)
+    else:
+        y = F.linear(_patchify_impl(x, pd, ph, pw), weight, bias)
+    return (y if pos is None else y + pos).contiguous()
+
+
+def patch_embed3d_cpu_bwd(
+    dy: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    patch: tuple[int, int, int],
+    need_dx: bool,
+    need_dw: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """CPU backward -> (dx or empty, dw or empty), contiguous: the gradients of `patch_embed3d_cpu_fwd`."""
+    pd, ph, pw = patch
+    (e, k), (b, c) = weight.shape, x.shape[:2]
+    dx, dw = x.new_empty(0), weight.new_empty(0)
+    if _conv_path(x):
+        # dY as the gradient of the Conv3d output (B, E, GD, GH, GW): the view autograd would pass.
+        dyc = dy.transpose(1, 2).reshape(b, e, *grid_shape(x.shape, patch))
+        gx, gw, _ = torch.ops.aten.convolution_backward(
+            dyc, x, weight.reshape(e, c, pd, ph, pw), None, list(patch),
+            [0, 0, 0], [1, 1, 1], False, [0, 0, 0], 1, [need_dx, need_dw, False],
+        )  # fmt: skip
+        if need_dx:
+            dx = gx.contiguous()
+        if need_dw:
+            dw = gw.reshape(e, k).contiguous()
+        return dx, dw
+    dy2 = dy.reshape(-1, e)
+    if need_dx:
+        dx = _unpatchify_impl((dy2 @ weight).reshape(b, -1, k), pd, ph, pw, *x.shape[1:])
+    if need_dw:
+        dw = dy2.t() @ _patchify_impl(x, pd, ph, pw).reshape(-1, k)
+    return dx, dw
+
+
+# ---------------------------------------------------------------------------------------------------
+# Custom ops: the only path of `patch_embed3d`. Each call dispatches on (device, backend): the Triton
+# kernels, or the CPU implementation above.
 
 
 @torch.library.custom_op("voxmix::patch_embed3d_fwd", mutates_args=())
@@ -254,9 +312,9 @@ def _patch_embed_fwd_op(
     ph: int,
     pw: int,
 ) -> torch.Tensor:
-    if _use_triton(x):
+    if runs_triton(x):
         return patch_embed3d_fwd(x, weight, bias, pos, (pd, ph, pw))
-    return patch_embed3d_ref(x, weight, bias, pos, (pd, ph, pw)).contiguous()
+    return patch_embed3d_cpu_fwd(x, weight, bias, pos, (pd, ph, pw))
 
 
 @_patch_embed_fwd_op.register_fake
@@ -276,17 +334,9 @@ def _patch_embed_bwd_op(
     need_dx: bool,
     need_dw: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    if _use_triton(x):
+    if runs_triton(x):
         return patch_embed3d_bwd(dy, x, weight, (pd, ph, pw), need_dx, need_dw)
-    a = patchify_ref(x, (pd, ph, pw)).reshape(-1, weight.shape[1])
-    dy2 = dy.reshape(-1, weight.shape[0])
-    dx = x.new_empty(0)
-    if need_dx:
-        dx = unpatchify_ref(
-            (dy2 @ weight).reshape(x.shape[0], -1, weight.shape[1]), (pd, ph, pw), x.shape
-        ).contiguous()
-    dw = (dy2.t() @ a).to(weight.dtype) if need_dw else weight.new_empty(0)
-    return dx, dw
+    return patch_embed3d_cpu_bwd(dy, x, weight, (pd, ph, pw), need_dx, need_dw)
 
 
 @_patch_embed_bwd_op.register_fake
@@ -327,8 +377,9 @@ _patch_embed_fwd_op.register_autograd(_backward, setup_context=_setup)
 def patch_embed3d(x, weight, bias, pos=None, patch=None):
     """(B, C, D, H, W) -> (B, N, E) = patchify(x) @ weight.T + bias (+ pos), weight = Conv3d.weight.reshape(E, -1).
 
-    CUDA (or CPU with TRITON_INTERPRET=1): the Triton custom op. Plain CPU: Conv3d for fp32/fp64,
-    C++ patchify + ATen matmul for fp16/bf16 (the faster of the two for each, see docs/kernels.md).
+    Always the custom op `voxmix::patch_embed3d_fwd`: the Triton kernels (CUDA, or the interpreter),
+    or on CPU Conv3d for fp32/fp64 and C++ patchify + ATen matmul for fp16/bf16 (the faster of the two
+    for each, see docs/kernels.md).
     `patch=None` infers a cubic patch from the weight.
     """
     pd, ph, pw = resolve_patch(x, weight, patch)
@@ -340,14 +391,4 @@ def patch_embed3d(x, weight, bias, pos=None, patch=None):
         raise ValueError(f"pos must have shape (N, E)=({n}, {e}), got {tuple(pos.shape)}")
     if x.dtype != weight.dtype:
         raise ValueError(f"x and weight must share a dtype, got {x.dtype} and {weight.dtype}")
-    if not _use_triton(x):
-        if x.dtype in (torch.float32, torch.float64):
-            # fp32 on CPU: oneDNN's strided Conv3d measured 1.2-1.6x faster than patchify + linear
-            # (forward + backward, 2 cores; benchmarks/bench_patch_embed.py).
-            y = F.conv3d(x, weight.view(e, x.shape[1], pd, ph, pw), bias, stride=(pd, ph, pw))
-            y = y.flatten(2).transpose(1, 2)
-        else:
-            # bf16/fp16: C++ patchify + one matmul (oneDNN's low-precision Conv3d is the slower path).
-            y = F.linear(patchify(x, (pd, ph, pw)), weight, bias)
-        return (y if pos is None else y + pos).contiguous()
     return _patch_embed_fwd_op(x, weight, bias, pos, pd, ph, pw)

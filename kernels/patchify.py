@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels import _ext
+from voxmix.kernels import _ext
 
 
 def normalize_patch(patch) -> tuple[int, int, int]:
@@ -80,8 +80,10 @@ def unpatchify_ref(patches: torch.Tensor, patch, shape) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Custom ops. CPU: C++ (csrc/patchify) when built, else the reference. CUDA: the reference permute
-# copy, which ATen runs near HBM bandwidth (see the note in csrc/patchify/patchify.h).
+# Custom ops, the only path of `patchify` / `unpatchify`. CPU: C++ (csrc/patchify) when built, else the
+# reference. CUDA: the reference permute copy, which ATen runs near HBM bandwidth (see the note in
+# csrc/patchify/patchify.h). There is no Triton kernel, so the backend (kernels/backend.py) does not
+# matter here: the interpreter backend also runs the C++ copy.
 
 
 def _patchify_impl(x: torch.Tensor, pd: int, ph: int, pw: int) -> torch.Tensor:

@@ -17,10 +17,10 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from kernels import _attention_bwd, _attention_fwd, patch_embed  # noqa: E402
+from voxmix.kernels import _attention_bwd, _attention_fwd, patch_embed  # noqa: E402
 
 # kernels/__init__ re-exports the function `mae_loss`, which shadows the submodule attribute.
-mae_loss = sys.modules["kernels.mae_loss"]
+mae_loss = sys.modules["voxmix.kernels.mae_loss"]
 
 # Max dynamic shared memory per block (bytes): H100/H200 and A100.
 SMEM_LIMIT = {90: 232448, 80: 166912}

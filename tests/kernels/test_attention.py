@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from kernel_testing import FLOOR, assert_close, assert_fa_close, gpu, requires_cuda
 
-from kernels.attention import _attention_bwd_op, _attention_fwd_op, attention, attention_ref
+from tests.kernels.kernel_testing import FLOOR, assert_close, assert_fa_close, gpu, requires_cuda
+from voxmix.kernels.attention import _attention_bwd_op, _attention_fwd_op, attention, attention_ref
 
 
 def _inputs(b, h, n, dh, dtype, device, seed=0):
@@ -114,7 +114,7 @@ def test_torch_compile_fullgraph(device):
 
 
 @pytest.mark.parametrize("lengths", [None, [12, 3]])
-def test_cpu_fast_path_is_sdpa(lengths, no_interpreter):
+def test_cpu_fast_path_is_sdpa(lengths, cpu_backend):
     q, k, v = _inputs(2, 2, 12, 32, torch.float32, "cpu", seed=5)
     lens = None if lengths is None else torch.tensor(lengths)
     _check_against_ref(q, k, v, lengths=lens)
@@ -153,7 +153,7 @@ def test_gpu_grid(dtype, n, dh):
     _check_against_ref(q, k, v, lengths=lengths, scale=1 / math.sqrt(dh) * 0.7)
 
 
-def test_custom_op_plain_cpu_math(no_interpreter):
+def test_custom_op_plain_cpu_math(cpu_backend):
     # The op itself also runs on plain CPU (math path), e.g. when called through torch.ops directly.
     q, k, v = _inputs(2, 1, 13, 32, torch.float32, "cpu", seed=6)
     lengths = torch.tensor([13, 5])

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-from kernel_testing import assert_close, describe, gpu, requires_cuda
 
-from kernels import _ext
-from kernels.mae_loss import _mae_loss_op, mae_loss, mae_loss_ref
+from tests.kernels.kernel_testing import assert_close, describe, gpu, requires_cuda
+from voxmix.kernels import _ext
+from voxmix.kernels.mae_loss import _mae_loss_op, mae_loss, mae_loss_ref
 
 
 def _inputs(shape, patch, m, dtype, device, seed=0, offset=0.0):
@@ -65,15 +65,15 @@ def test_triton_matches_reference(shape, patch, m, dtype, device):
 
 @pytest.mark.parametrize("shape,patch,m", CASES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-def test_cpp_matches_reference(shape, patch, m, dtype, no_interpreter):
+def test_cpp_matches_reference(shape, patch, m, dtype, cpu_backend):
     assert _ext.ext() is not None, "kernels._C is not built"
     _check(*_inputs(shape, patch, m, dtype, "cpu", offset=-1000.0), patch)
 
 
 @pytest.mark.parametrize("cpp", [True, False])
-def test_without_norm_pix_and_without_grad(cpp, device, monkeypatch):
+def test_without_norm_pix_and_without_grad(cpp, device, request):
     if cpp:
-        monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+        request.getfixturevalue("cpu_backend")
         device = "cpu"
     pred, x, idx = _inputs((2, 1, 8, 4, 4), (2, 2, 2), 4, torch.float32, device)
     _check(pred, x, idx, (2, 2, 2), norm_pix=False)
@@ -95,9 +95,9 @@ def test_opcheck_and_compile(device):
 
 
 @pytest.mark.parametrize("cpp", [True, False])
-def test_bad_indices_and_shapes(cpp, device, monkeypatch):
+def test_bad_indices_and_shapes(cpp, device, request):
     if cpp:
-        monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+        request.getfixturevalue("cpu_backend")
         device = "cpu"
     pred, x, idx = _inputs((2, 1, 4, 4, 4), (2, 2, 2), 3, torch.float32, device)
     bad = idx.clone()
@@ -120,7 +120,7 @@ def test_gpu_grid(shape, patch, m, dtype):
     _check(*_inputs(shape, patch, m, dtype, "cuda", offset=-500.0), patch)
 
 
-def test_fallback_without_extension(no_interpreter, monkeypatch):
+def test_fallback_without_extension(cpu_backend, monkeypatch):
     monkeypatch.setattr(_ext, "ext", lambda: None)
     pred, x, idx = _inputs((2, 1, 8, 8, 12), (4, 4, 4), 3, torch.float32, "cpu", offset=10.0)
     _check(pred, x, idx, (4, 4, 4))

@@ -3,9 +3,14 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from kernel_testing import assert_fa_close, gpu, requires_cuda
 
-from kernels.patch_embed import _patch_embed_bwd_op, _patch_embed_fwd_op, patch_embed3d, patch_embed3d_ref
+from tests.kernels.kernel_testing import assert_fa_close, gpu, requires_cuda
+from voxmix.kernels.patch_embed import (
+    _patch_embed_bwd_op,
+    _patch_embed_fwd_op,
+    patch_embed3d,
+    patch_embed3d_ref,
+)
 
 
 def _inputs(shape, patch, e, dtype, device, pos=True, seed=0):
@@ -74,7 +79,7 @@ def test_without_pos_and_without_x_grad(device):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_cpu_fast_path(dtype, no_interpreter):
+def test_cpu_fast_path(dtype, cpu_backend):
     _check((2, 2, 6, 4, 10), (3, 2, 5), 20, dtype, "cpu")
 
 
@@ -127,7 +132,7 @@ def test_gpu_grid(shape, patch, e, dtype):
         _check(shape, patch, e, dtype, "cuda")
 
 
-def test_custom_op_plain_cpu_math(no_interpreter):
+def test_custom_op_plain_cpu_math(cpu_backend):
     x, w, b, p = _inputs((2, 2, 6, 4, 10), (3, 2, 5), 20, torch.float32, "cpu")
     y = torch.ops.voxmix.patch_embed3d_fwd(x, w, b, p, 3, 2, 5)
     dy = torch.randn_like(y)

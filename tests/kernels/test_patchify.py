@@ -2,10 +2,17 @@
 
 import pytest
 import torch
-from kernel_testing import gpu, requires_cuda
 
-from kernels import _ext
-from kernels.patchify import _patchify_op, _unpatchify_op, patchify, patchify_ref, unpatchify, unpatchify_ref
+from tests.kernels.kernel_testing import gpu, requires_cuda
+from voxmix.kernels import _ext
+from voxmix.kernels.patchify import (
+    _patchify_op,
+    _unpatchify_op,
+    patchify,
+    patchify_ref,
+    unpatchify,
+    unpatchify_ref,
+)
 
 SHAPES = [
     # (B, C, D, H, W), patch

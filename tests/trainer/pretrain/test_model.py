@@ -161,6 +161,7 @@ def test_load_monai_vit_rejects_other_files(tmp_path):
 
 _TRITON_TWIN = r"""
 import torch
+from voxmix.kernels import get_backend
 from voxmix.trainer.pretrain.config import ModelConfig
 from voxmix.trainer.pretrain.model import MAE3D
 torch.manual_seed(0)
@@ -176,12 +177,17 @@ for name, m in (("fast", fast), ("ref", ref)):
     out[name] = (per.detach(), m.patch_weight.grad, m.blocks[0].attn.qkv.weight.grad)
 for a, b in zip(out["fast"], out["ref"]):
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+assert get_backend() == "triton-interpreter", get_backend()  # resolved from TRITON_INTERPRET at import
 print("ok")
 """
 
 
 def test_triton_kernel_path_matches_reference_in_interpreter():
-    """CPU twin of the GPU path: the model on the Triton kernels (interpreter mode) vs the references."""
+    """CPU twin of the GPU path: the model on the Triton kernels (interpreter mode) vs the references.
+
+    A fresh process: Triton decorates the kernels for its interpreter only when TRITON_INTERPRET=1 is
+    set at import, and the kernel backend then resolves to "triton-interpreter" (kernels/backend.py).
+    """
     import subprocess
     import sys
 
