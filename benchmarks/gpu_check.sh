@@ -96,6 +96,10 @@ if [ -d "$STAGE" ]; then
   fi
 fi
 
+# Nothing is installed here: voxmix is imported from this checkout (voxmix/__init__.py then finds its
+# subpackages next to it), and the C++ ops are built in place below.
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+
 { nvidia-smi; "$PY" -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"; } \
   > "$OUT/environment.txt" 2>&1
 cat "$OUT/environment.txt"
@@ -132,7 +136,7 @@ fi
 # ---- data path (issue 3) ---------------------------------------------------------------------------
 # DALI-GPU pipeline tests and the loader benchmark. Target: >= 5,000 crops/s of 96^3 on one H200.
 if want data; then
-step tests_data_gpu 90 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/data --junitxml="$OUT/tests_data_gpu.xml"
+step tests_data_gpu 90 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/trainer/data --junitxml="$OUT/tests_data_gpu.xml"
 step bench_loader 150 "$PY" benchmarks/bench_loader.py --quick --out "$OUT/loader.jsonl"
 fi
 
