@@ -13,7 +13,7 @@ from voxmix.kernels._attention_bwd import (
     _attention_bwd_dq_kernel,
     _attention_bwd_preprocess_kernel,
 )
-from voxmix.kernels._attention_fwd import LOG2E, _attention_fwd_kernel
+from voxmix.kernels._attention_fwd import _attention_fwd_kernel
 from voxmix.kernels.backend import runs_triton
 
 HEAD_DIMS = range(16, 129)  # any Dh in [16, 128]; tuned for 32, 64, 80, 96, 128
@@ -146,8 +146,9 @@ def attention_bwd(do, q, k, v, o, lse, lengths, scale):
 # ---------------------------------------------------------------------------------------------------
 # CPU implementation: ATen's fused flash-attention kernels, the ones F.scaled_dot_product_attention
 # picks on CPU (faster there than the eager math, docs/kernels.md), called directly to get the
-# log-sum-exp for the custom op's backward. The op's LSE is in base 2 on every backend, so a forward
-# and a backward may even run on different backends. Outputs keep ATen's CPU layouts (o like q, the
+# log-sum-exp for the custom op's backward. The LSE is each backend's own (base 2 from Triton, natural
+# log from ATen: converting it would round it, and CPU gradients would no longer be SDPA's to the bit),
+# so a backward always runs on the backend of its forward (recorded at the forward). Outputs keep ATen's CPU layouts (o like q, the
 # LSE and the gradients (B, N, H, .) in memory): a copy to contiguous measured up to 1.5x slower
 # forward + backward, and the model's o.transpose(1, 2).reshape is free on that layout.
 
@@ -167,11 +168,11 @@ def _cpu_mask(lengths: torch.Tensor | None, q: torch.Tensor) -> torch.Tensor | N
 def attention_cpu_fwd(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: torch.Tensor | None, scale: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """CPU forward -> (o, lse (B, H, N) in base 2: fp32, or fp64 for fp64 inputs), in `_cpu_layouts`."""
+    """CPU forward -> (o, lse (B, H, N), natural log: fp32, or fp64 for fp64 inputs), in `_cpu_layouts`."""
     o, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
         q, k, v, 0.0, False, attn_mask=_cpu_mask(lengths, q), scale=scale
     )
-    return o, lse.mul_(LOG2E)
+    return o, lse
 
 
 def attention_cpu_bwd(
@@ -186,7 +187,7 @@ def attention_cpu_bwd(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """CPU backward -> (dq, dk, dv) in q's dtype, in `_cpu_grad`'s layout."""
     return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
-        do, q, k, v, o, lse / LOG2E, 0.0, False, attn_mask=_cpu_mask(lengths, q), scale=scale
+        do, q, k, v, o, lse, 0.0, False, attn_mask=_cpu_mask(lengths, q), scale=scale
     )
 
 
@@ -237,8 +238,10 @@ def _attention_bwd_op(
     lse: torch.Tensor,
     lengths: torch.Tensor | None,
     scale: float,
+    triton: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    if not runs_triton(q):
+    # `triton`: the forward's backend, whose LSE this is (not the backend at backward time).
+    if not triton:
         return attention_cpu_bwd(do, q, k, v, o, lse, lengths, scale)
     grads = attention_bwd(do, q, k, v, o, lse, lengths, scale)
     if q.is_cuda:
@@ -248,7 +251,7 @@ def _attention_bwd_op(
 
 
 @_attention_bwd_op.register_fake
-def _(do, q, k, v, o, lse, lengths, scale):
+def _(do, q, k, v, o, lse, lengths, scale, triton):
     if q.is_cuda:
         return q.new_empty(q.shape), q.new_empty(q.shape), q.new_empty(q.shape)
     return _cpu_grad(q), _cpu_grad(k), _cpu_grad(v)
@@ -259,11 +262,12 @@ def _attention_setup(ctx, inputs, output):
     o, lse = output
     ctx.save_for_backward(q, k, v, o, lse, lengths)
     ctx.scale = scale
+    ctx.triton = runs_triton(q)  # setup runs right after the forward, on its backend
 
 
 def _attention_backward(ctx, do, _dlse):
     q, k, v, o, lse, lengths = ctx.saved_tensors
-    dq, dk, dv = _attention_bwd_op(do, q, k, v, o, lse, lengths, ctx.scale)
+    dq, dk, dv = _attention_bwd_op(do, q, k, v, o, lse, lengths, ctx.scale, ctx.triton)
     return dq, dk, dv, None, None
 
 

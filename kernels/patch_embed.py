@@ -345,6 +345,20 @@ def _(dy, x, weight, pd, ph, pw, need_dx, need_dw):
     return dx, (weight.new_empty(weight.shape) if need_dw else weight.new_empty(0))
 
 
+def _bias_grad(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, patch) -> torch.Tensor:
+    """d(bias), fp32 or wider. On the CPU Conv3d path, Conv3d's own bias gradient: a plain sum over
+    (B, N) rounds differently (measured: 5e-6 apart), and CPU training runs then drift from runs made
+    with autograd through F.conv3d (a demo's final runs changed visibly)."""
+    if not runs_triton(x) and _conv_path(x):
+        (e, _), (b, c) = weight.shape, x.shape[:2]
+        dyc = dy.transpose(1, 2).reshape(b, e, *grid_shape(x.shape, patch))
+        return torch.ops.aten.convolution_backward(
+            dyc, x, weight.reshape(e, c, *patch), [e], list(patch),
+            [0, 0, 0], [1, 1, 1], False, [0, 0, 0], 1, [False, False, True],
+        )[2]  # fmt: skip
+    return dy.sum(dim=(0, 1), dtype=torch.float32)
+
+
 def _setup(ctx, inputs, output):
     x, weight, bias, pos, pd, ph, pw = inputs
     ctx.save_for_backward(x, weight)
@@ -361,7 +375,7 @@ def _backward(ctx, dy):
         dx, dw = _patch_embed_bwd_op(dy, x, weight, *ctx.patch, need_dx, need_dw)
         dx, dw = (dx if need_dx else None), (dw if need_dw else None)
     if ctx.bias_dtype is not None and ctx.needs_input_grad[2]:
-        dbias = dy.sum(dim=(0, 1), dtype=torch.float32).to(ctx.bias_dtype)
+        dbias = _bias_grad(dy, x, weight, ctx.patch).to(ctx.bias_dtype)
     if ctx.pos_dtype is not None and ctx.needs_input_grad[3]:
         dpos = dy.sum(dim=0, dtype=torch.float32).to(ctx.pos_dtype)
     return dx, dw, dbias, dpos, None, None, None

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from tests.kernels.kernel_testing import FLOOR, assert_close, assert_fa_close, gpu, requires_cuda
 from voxmix.kernels.attention import _attention_bwd_op, _attention_fwd_op, attention, attention_ref
+from voxmix.kernels.backend import runs_triton
 
 
 def _inputs(b, h, n, dh, dtype, device, seed=0):
@@ -92,7 +93,18 @@ def test_custom_op_registration(device):
     lengths = torch.tensor([5], device=device)
     torch.library.opcheck(_attention_fwd_op, (q, k, v, lengths, 0.25))
     o, lse = _attention_fwd_op(q, k, v, None, 0.25)
-    args = (torch.randn_like(o), q.detach(), k.detach(), v.detach(), o.detach(), lse.detach(), None, 0.25)
+    triton = runs_triton(q)  # the forward's backend: its LSE
+    args = (
+        torch.randn_like(o),
+        q.detach(),
+        k.detach(),
+        v.detach(),
+        o.detach(),
+        lse.detach(),
+        None,
+        0.25,
+        triton,
+    )
     torch.library.opcheck(_attention_bwd_op, args)
 
 

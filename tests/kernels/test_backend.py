@@ -177,7 +177,17 @@ def test_opcheck_on_the_cpu_backend(dtype, cpu_backend) -> None:
     lengths = torch.tensor([13, 4])
     torch.library.opcheck(torch.ops.voxmix.attention_fwd.default, (q, k, v, lengths, 0.3))
     o, lse = torch.ops.voxmix.attention_fwd(q, k, v, None, 0.3)
-    args = (torch.randn_like(o), q.detach(), k.detach(), v.detach(), o.detach(), lse.detach(), lengths, 0.3)
+    args = (
+        torch.randn_like(o),
+        q.detach(),
+        k.detach(),
+        v.detach(),
+        o.detach(),
+        lse.detach(),
+        lengths,
+        0.3,
+        False,
+    )
     torch.library.opcheck(torch.ops.voxmix.attention_bwd.default, args)
     x, w, b, p = test_patch_embed._inputs((1, 2, 4, 4, 6), (2, 2, 3), 16, dtype, "cpu")
     torch.library.opcheck(torch.ops.voxmix.patch_embed3d_fwd.default, (x, w, b, p, 2, 2, 3))
