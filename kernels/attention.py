@@ -175,17 +175,8 @@ def attention_cpu_fwd(
     return o, lse
 
 
-def attention_cpu_bwd(
-    do: torch.Tensor,
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    o: torch.Tensor,
-    lse: torch.Tensor,
-    lengths: torch.Tensor | None,
-    scale: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """CPU backward -> (dq, dk, dv) in q's dtype, in `_cpu_grad`'s layout."""
+def attention_cpu_bwd(do, q, k, v, o, lse, lengths, scale):
+    """CPU backward -> (dq, dk, dv) in q's dtype, in `_cpu_grad`'s layout (arguments as the op's)."""
     return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
         do, q, k, v, o, lse, 0.0, False, attn_mask=_cpu_mask(lengths, q), scale=scale
     )

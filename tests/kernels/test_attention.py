@@ -87,25 +87,18 @@ def test_matches_sdpa(device):
     assert_close("vs SDPA", attention(q, k, v), ref, atol=2e-6)
 
 
+def opcheck_attention(q, k, v, lengths, scale):
+    """opcheck of both custom ops (schema, fake kernel, autograd registration: what torch.compile relies
+    on), the backward at the forward's own outputs and backend."""
+    torch.library.opcheck(_attention_fwd_op, (q, k, v, lengths, scale))
+    o, lse = _attention_fwd_op(q, k, v, lengths, scale)
+    detached = [t.detach() for t in (q, k, v, o, lse)]
+    torch.library.opcheck(_attention_bwd_op, (torch.randn_like(o), *detached, lengths, scale, runs_triton(q)))
+
+
 def test_custom_op_registration(device):
-    # opcheck: schema, fake (meta) kernel, autograd registration - what torch.compile relies on.
     q, k, v = _inputs(1, 1, 17, 32, torch.float32, device, seed=3)
-    lengths = torch.tensor([5], device=device)
-    torch.library.opcheck(_attention_fwd_op, (q, k, v, lengths, 0.25))
-    o, lse = _attention_fwd_op(q, k, v, None, 0.25)
-    triton = runs_triton(q)  # the forward's backend: its LSE
-    args = (
-        torch.randn_like(o),
-        q.detach(),
-        k.detach(),
-        v.detach(),
-        o.detach(),
-        lse.detach(),
-        None,
-        0.25,
-        triton,
-    )
-    torch.library.opcheck(_attention_bwd_op, args)
+    opcheck_attention(q, k, v, torch.tensor([5], device=device), 0.25)
 
 
 def test_torch_compile_fullgraph(device):

@@ -175,20 +175,7 @@ def test_opcheck_on_the_cpu_backend(dtype, cpu_backend) -> None:
     qkv = torch.randn(2, 13, 3, 2, 32, dtype=dtype, requires_grad=True)
     q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # as the model slices them: not contiguous
     lengths = torch.tensor([13, 4])
-    torch.library.opcheck(torch.ops.voxmix.attention_fwd.default, (q, k, v, lengths, 0.3))
-    o, lse = torch.ops.voxmix.attention_fwd(q, k, v, None, 0.3)
-    args = (
-        torch.randn_like(o),
-        q.detach(),
-        k.detach(),
-        v.detach(),
-        o.detach(),
-        lse.detach(),
-        lengths,
-        0.3,
-        False,
-    )
-    torch.library.opcheck(torch.ops.voxmix.attention_bwd.default, args)
+    test_attention.opcheck_attention(q, k, v, lengths, 0.3)
     x, w, b, p = test_patch_embed._inputs((1, 2, 4, 4, 6), (2, 2, 3), 16, dtype, "cpu")
     torch.library.opcheck(torch.ops.voxmix.patch_embed3d_fwd.default, (x, w, b, p, 2, 2, 3))
     dy = torch.randn(1, 8, 16).to(dtype)
