@@ -88,9 +88,8 @@ def _parse_run(r: Any, domains: list[str] | None, where: str) -> PlannedRun:
     if isinstance(budget, bool) or not isinstance(budget, int) or budget <= 0:
         raise PlanError(f"{where}: field 'budget_samples': expected a positive integer, got {budget!r}")
     ev = r["eval_at"]
-    if not isinstance(ev, list) or any(isinstance(x, bool) or not isinstance(x, int) or x <= 0 for x in ev):
-        raise PlanError(f"{where}: field 'eval_at': expected increasing positive integers, got {ev!r}")
-    if ev != sorted(set(ev)):
+    ints = isinstance(ev, list) and all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in ev)
+    if not ints or ev != sorted(set(ev)):
         raise PlanError(f"{where}: field 'eval_at': expected increasing positive integers, got {ev!r}")
     role, seed = r.get("role", "fit"), r.get("seed", 0)
     if role not in ROLES:

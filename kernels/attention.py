@@ -71,7 +71,7 @@ def _check(q, k, v, lengths, triton: bool) -> None:
 
 def _check_lengths(lengths, n):
     """Runs inside the op (eager even under torch.compile): a bad length must not read out of bounds."""
-    lo, hi = int(lengths.min()), int(lengths.max())  # CPU-GPU sync (one per forward with lengths)
+    lo, hi = torch.stack(torch.aminmax(lengths)).tolist()  # CPU-GPU sync (one per forward with lengths)
     if lo < 1 or hi > n:
         raise ValueError(f"lengths must lie in [1, N={n}]; got min {lo}, max {hi}")
 

@@ -31,6 +31,8 @@ from voxmix.formats.io import atomic_write_bytes, atomic_write_json
 from voxmix.trainer.pretrain.state import TrainState, every
 
 LATEST = "latest.json"
+DIRNAME = "checkpoints"
+"""A run's checkpoints live in <run>/checkpoints/: the trainer writes there, the sweep looks there."""
 FILES = "voxmix_files.json"
 
 

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from voxmix.formats.runlog import FILENAME as RUNLOG
+from voxmix.trainer.pretrain.checkpoint import DIRNAME as CHECKPOINTS
 from voxmix.trainer.pretrain.checkpoint import CheckpointError, CheckpointManager
 from voxmix.trainer.pretrain.config import Config, eval_schedule
 from voxmix.trainer.pretrain.evaluation import EvalSet, Evaluator
@@ -65,7 +66,7 @@ class Trainer:
         self.precision = "bf16" if self.bf16 else "fp32"
         self.mask_gen = torch.Generator()  # seeded per rank in `_init_process`
         self.ckpt = CheckpointManager(
-            dir=self.out / "checkpoints",
+            dir=self.out / CHECKPOINTS,
             every_steps=cfg.checkpoint.every_steps,
             keep=cfg.checkpoint.keep,
             rank=rank,

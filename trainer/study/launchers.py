@@ -25,6 +25,7 @@ from voxmix.formats.io import atomic_write_text
 from voxmix.formats.plan import PlannedRun
 from voxmix.formats.runlog import FILENAME as RUNLOG
 from voxmix.formats.runlog import RunState, read_state
+from voxmix.trainer.pretrain import checkpoint
 
 from .options import REPO, SweepError, SweepOptions
 from .resume import Action, Verdict, decide, settle
@@ -81,7 +82,7 @@ def launch_command(run: PlannedRun, o: SweepOptions, out: Path, gpus: list[int] 
 def run_state(run_dir: Path, run: PlannedRun) -> tuple[Action, RunState]:
     """The policy's action for a run folder, and the state it was decided on."""
     st = read_state(run_dir / RUNLOG)
-    has_ckpt = (run_dir / "checkpoints" / "latest.json").exists()
+    has_ckpt = (run_dir / checkpoint.DIRNAME / checkpoint.LATEST).exists()
     return decide(run, st, has_checkpoint=has_ckpt, log=str(run_dir / RUNLOG)), st
 
 
