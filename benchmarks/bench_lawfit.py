@@ -28,7 +28,7 @@ from voxmix.lawfit.allocate import Budget, allocate  # noqa: E402
 from voxmix.lawfit.bootstrap import bootstrap  # noqa: E402
 from voxmix.lawfit.dataset import build_dataset, load_runs  # noqa: E402
 from voxmix.lawfit.fit import FitConfig, fit_target  # noqa: E402
-from voxmix.lawfit.laws import FORMS  # noqa: E402
+from voxmix.lawfit.forms import FORMS  # noqa: E402
 from voxmix.lawfit.lawsfile import Laws  # noqa: E402
 from voxmix.lawfit.simulate import default_design, random_laws, simulate_runs  # noqa: E402
 from voxmix.lawfit.study import fit_laws  # noqa: E402
@@ -97,11 +97,11 @@ def main() -> None:
 
     form = FORMS[laws.form]
     prob = F._problem(ds, 0)
-    ref = F.reference_scale(prob, cfg.d0)
-    th0 = F._grid_starts(form, prob, [d for d in ds.domains if d != ds.domains[0]], cfg.d0, ref)[0]
+    ref = F.reference_scale(prob)
+    th0 = F._grid_starts(form, prob, [d for d in ds.domains if d != ds.domains[0]], ref)[0]
     lo, hi = F.box(form, ds.domains[1:], prob)
     bounds = list(zip(lo, hi))
-    args = (form, prob, cfg.huber_delta, cfg.d0, ref)
+    args = (form, prob, cfg.huber_delta, ref)
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1)  # as lawfit's own workers: small matrices, one BLAS thread
@@ -116,7 +116,7 @@ def main() -> None:
             options={"maxiter": 5000, "ftol": 1e-12, "gtol": 1e-9},
         )
     )
-    (x_trf, _), t_trf = timed(lambda: F._solve(th0, form, prob, cfg.huber_delta, cfg.d0, ref, lo, hi))
+    (x_trf, _), t_trf = timed(lambda: F._solve(th0, form, prob, cfg.huber_delta, ref, lo, hi))
     obj_lbfgs, obj_trf = float(lb.fun), float(F._objective(x_trf, *args)[0])
     err_alpha = max(abs(laws.targets[d].alpha / truth.targets[d].alpha - 1) for d in truth.domains)
     row = {

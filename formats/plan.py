@@ -53,6 +53,16 @@ class Plan:
     extra: dict[str, Any] = field(default_factory=dict)
     """Every other top-level field (unique_samples, target_budget, warnings, ...), kept as written."""
 
+    @property
+    def global_batch(self) -> int | None:
+        """Samples per optimizer step the plan was made for (every budget and eval point a multiple)."""
+        return self.extra.get("global_batch")
+
+    @property
+    def design(self) -> str | None:
+        """The design that chose the runs ("pairs", "random", "pairs+loo" from `lawfit plan`)."""
+        return self.extra.get("design")
+
     def run(self, run_id: str) -> PlannedRun:
         for r in self.runs:
             if r.run_id == run_id:
@@ -106,6 +116,34 @@ def _parse_run(r: Any, domains: list[str] | None, where: str) -> PlannedRun:
     )
 
 
+def _check_header(obj: dict, where: str) -> int | None:
+    """The optional `design` and `global_batch` fields; returns the global batch (None when absent)."""
+    # Optional means absent: a field that is present (even null) must be valid.
+    design = obj.get("design")
+    if "design" in obj and (not isinstance(design, str) or not design):
+        raise PlanError(f"{where}: field 'design': expected a non-empty string, got {design!r}")
+    g = obj.get("global_batch")
+    if "global_batch" in obj and (isinstance(g, bool) or not isinstance(g, int) or g < 1):
+        raise PlanError(f"{where}: field 'global_batch': expected a positive integer, got {g!r}")
+    return g
+
+
+def _check_multiples(run: PlannedRun, g: int, where: str) -> None:
+    # The trainer trains whole optimizer steps of g samples: any other count is trained (or evaluated)
+    # at a different sample count than planned.
+    if run.budget_samples % g:
+        raise PlanError(
+            f"{where} ({run.run_id!r}): field 'budget_samples' {run.budget_samples} is not a multiple of "
+            f"global_batch {g}"
+        )
+    off = [x for x in run.eval_at if x % g]
+    if off:
+        raise PlanError(
+            f"{where} ({run.run_id!r}): field 'eval_at' {off[0]} is not a multiple of global_batch {g}"
+            + (f" ({len(off)} such points: {off})" if len(off) > 1 else "")
+        )
+
+
 def parse_plan(obj: Any, where: str = "<memory>") -> Plan:
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         got = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
@@ -120,9 +158,12 @@ def parse_plan(obj: Any, where: str = "<memory>") -> Plan:
         for i, r in enumerate(runs):
             _parse_run(r, None, f"{where}: runs[{i}]")
         raise PlanError(f"{where}: field 'domains': expected a non-empty list of names")
+    g = _check_header(obj, where)
     parsed, seen = [], set()
     for i, r in enumerate(runs):
         run = _parse_run(r, domains, f"{where}: runs[{i}]")
+        if g is not None:
+            _check_multiples(run, g, f"{where}: runs[{i}]")
         if run.run_id in seen:
             raise PlanError(f"{where}: runs[{i}]: field 'run_id': duplicate id {run.run_id!r}")
         seen.add(run.run_id)

@@ -73,19 +73,35 @@ class RunLogWriter:
             }
         )
 
-    def eval(self, *, step: int, samples_seen: dict[str, int], loss: dict[str, float], **extra: Any) -> None:
+    def eval(
+        self,
+        *,
+        step: int,
+        samples_seen: dict[str, int],
+        loss: dict[str, float],
+        loss_se: dict[str, float] | None = None,
+        **extra: Any,
+    ) -> None:
+        """One `eval` event; `loss_se` (optional, omitted when None or empty) is the standard error of each
+        domain's loss over its evaluation crops, for domains that have a loss."""
         bad = {d: v for d, v in loss.items() if not (math.isfinite(v) and v > 0)}
         if bad:
             raise ValueError(f"{self.path}: refusing to log non-finite or non-positive eval loss {bad}")
-        self._append(
-            {
-                "event": "eval",
-                "step": int(step),
-                "samples_seen": {d: int(n) for d, n in samples_seen.items()},
-                "loss": {d: float(v) for d, v in loss.items()},
-                **extra,
-            }
-        )
+        se = {d: float(v) for d, v in (loss_se or {}).items()}
+        bad = {d: v for d, v in se.items() if not (math.isfinite(v) and v >= 0) or d not in loss}
+        if bad:
+            raise ValueError(
+                f"{self.path}: refusing to log eval loss_se {bad}: must be finite, >= 0, for a domain with a loss"
+            )
+        obj = {
+            "event": "eval",
+            "step": int(step),
+            "samples_seen": {d: int(n) for d, n in samples_seen.items()},
+            "loss": {d: float(v) for d, v in loss.items()},
+        }
+        if se:
+            obj["loss_se"] = se
+        self._append({**obj, **extra})
 
     def throughput(
         self, *, step: int, samples_per_s: float, seconds_per_sample: dict[str, float], **extra: Any
@@ -112,6 +128,8 @@ class EvalPoint:
     samples_seen: dict[str, int]
     loss: dict[str, float]
     line: int
+    loss_se: dict[str, float] = field(default_factory=dict)
+    """Standard error of each domain's loss over its evaluation crops; empty when the log has none."""
 
 
 @dataclass
@@ -226,7 +244,16 @@ def _add_event(run: RunLog, ev: str, obj: dict, path: Path, i: int) -> None:
         loss = _domain_map(obj, "loss", path, i, ev, run.domains, integer=False, positive=True)
         if not loss:
             raise _err(path, i, "field 'loss' is empty")
-        run.evals.append(EvalPoint(obj["step"], {d: seen.get(d, 0) for d in run.domains}, loss, i))
+        # Optional (logs written before it existed stay valid): finite, >= 0, only for evaluated domains.
+        se = _domain_map(
+            obj, "loss_se", path, i, ev, run.domains, integer=False, positive=False, required=False
+        )
+        orphan = sorted(set(se) - set(loss))
+        if orphan:
+            raise _err(
+                path, i, f"field 'loss_se.{orphan[0]}': no 'loss' for domain '{orphan[0]}' in this event"
+            )
+        run.evals.append(EvalPoint(obj["step"], {d: seen.get(d, 0) for d in run.domains}, loss, i, se))
     elif ev == "throughput":
         _need(obj, "step", int, path, i, ev)
         sps = _need(obj, "samples_per_s", (int, float), path, i, ev)

@@ -9,7 +9,7 @@ at their floor have a marginal value >= lambda, at their cap <= lambda.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy.optimize import minimize
@@ -311,7 +311,7 @@ def allocate(
         base["proportional"] = _fixed_shares(p, U, total)
     base["uniform"] = _fixed_shares(p, np.ones(len(doms)), total)
     nt = laws.alternatives.get("no_transfer") or {
-        d: TargetLaw(d, t.E, t.A, t.alpha, {}, t.r_star) for d, t in laws.targets.items()
+        d: replace(t, transfer={}, interference={}, dbar=None) for d, t in laws.targets.items()
     }
     x_nt, *_ = solve(p, seed=seed, targets=nt)
     base["no_transfer_optimal"] = integer_samples(p, x_nt, total)
@@ -341,6 +341,6 @@ def allocate(
             d: [float(iv[0][0, j]), float(iv[1][0, j])] for j, d in enumerate(doms)
         }
     at = base["proportional"] if "proportional" in base else base["uniform"]
-    out["hubs"] = hub_analysis(laws, at.astype(float), budget_samples=n_total)
+    out["hubs"] = hub_analysis(laws, at.astype(float), budget_samples=n_total, boots=boots)
     out["laws"] = {"form": laws.form, "domains": doms}
     return out

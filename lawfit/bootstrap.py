@@ -20,11 +20,12 @@ from dataclasses import replace
 import numpy as np
 
 from .dataset import Dataset
-from .fit import FitConfig, FormFit, _map, _problem, box, fit_target
-from .laws import FORMS
+from .fit import FitConfig, FormFit, _problem, box, fit_target
+from .forms import FORMS
+from .parallel import map_jobs
 
 
-def fitted_curves(ds: Dataset, ff: FormFit, d0: float):
+def fitted_curves(ds: Dataset, ff: FormFit):
     """Fitted log loss (n, m) and residuals log y - log fitted (n, m) of every target (nan where not
     evaluated), and per target the Jacobian d(log L)/d(theta) at its points over the parameters that are
     free (not on a bound): the directions along which the fit absorbs noise."""
@@ -36,10 +37,10 @@ def fitted_curves(ds: Dataset, ff: FormFit, d0: float):
         pts = ds.target_points(i)
         tf = ff.targets[d]
         prob = _problem(ds, i)
-        logL, J = form.evaluate(tf.theta, *prob[:4], d0, ref=tf.ref)
+        logL, J = form.evaluate(tf.theta, *prob[:4], ref=tf.ref)
         lo, hi = box(form, [o for o in ds.domains if o != d], prob)
         logfit[pts, i] = logL
-        resid[pts, i] = prob[-1] - logL
+        resid[pts, i] = prob.logy - logL
         jacs.append(J[:, (tf.theta > lo) & (tf.theta < hi)])
     return logfit, resid, jacs
 
@@ -119,10 +120,10 @@ def bootstrap(ds: Dataset, ff: FormFit, cfg: FitConfig) -> dict[str, np.ndarray]
     refs = [ff.targets[d].ref for d in ds.domains]
     model = None
     if cfg.bootstrap_method == "parametric":
-        logfit, resid, jacs = fitted_curves(ds, ff, cfg.d0)
+        logfit, resid, jacs = fitted_curves(ds, ff)
         model = (logfit, *noise_model(ds, resid, jacs))
     jobs = [(ff.form, ds, cfg, b, thetas, refs, model) for b in range(cfg.bootstrap)]
-    res = _map(_job_boot, jobs, cfg, "bootstrap")
+    res = map_jobs(_job_boot, jobs, cfg, "bootstrap")
     return {d: np.asarray([r[i] for r in res if r[i] is not None]) for i, d in enumerate(ds.domains)}
 
 

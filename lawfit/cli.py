@@ -57,7 +57,11 @@ def cmd_fit(a) -> int:
     for d in laws.domains:
         t = laws.targets[d]
         rm = laws.fit["per_target"][d]["rmse_log"]
-        print(f"  {d}: E={t.E:.4g} A={t.A:.4g} alpha={t.alpha:.3f} rmse(log)={rm:.4f}")
+        ok = laws.fit["identifiability"][d]["ok"]
+        print(
+            f"  {d}: E={t.E:.4g} A={t.A:.4g} alpha={t.alpha:.3f} d0={t.d0:.4g} rmse(log)={rm:.4f} "
+            f"noise(log)={laws.fit['noise'][d]['sigma_log']:.4f}{'' if ok else '  NOT fully identified'}"
+        )
     return 0
 
 
@@ -90,8 +94,11 @@ def cmd_allocate(a) -> int:
         )
     for name, b in alloc["baselines"].items():
         im = b["improvement"]
+        iv = im.get("raw_interval")
+        ivs = f" (bootstrap interval {100 * iv[0]:+.2f}% to {100 * iv[1]:+.2f}%)" if iv else ""
         print(
-            f"  vs {name:<20} improvement {100 * im['raw']:+.2f}% raw, {100 * im['reducible']:+.2f}% reducible"
+            f"  vs {name:<20} improvement {100 * im['raw']:+.2f}% raw{ivs}, "
+            f"{100 * im['reducible']:+.2f}% reducible"
         )
     k = alloc["objective"]["kkt"]
     print(
@@ -123,6 +130,10 @@ def cmd_plan(a) -> int:
         _pairs(a.unique, "--unique", int),
         a.target_budget,
         a.pilot_fraction,
+        design=a.design,
+        global_batch=a.global_batch,
+        pilot_samples=a.pilot_samples,
+        first_eval=a.first_eval,
         n_mixtures=a.mixtures,
         n_evals=a.evals,
         seed=a.seed,
@@ -130,8 +141,9 @@ def cmd_plan(a) -> int:
     )
     write_plan(a.output, plan)
     print(
-        f"wrote {a.output}: {len(plan['runs'])} runs, {plan['pilot_samples']} pilot samples "
-        f"({100 * plan['pilot_samples'] / plan['target_budget']:.1f}% of the target budget)"
+        f"wrote {a.output}: design {plan['design']}, {len(plan['runs'])} runs, {plan['pilot_samples']} "
+        f"pilot samples ({100 * plan['pilot_samples'] / plan['target_budget']:.1f}% of the target budget), "
+        f"global batch {plan['global_batch']}"
     )
     for r in plan["runs"]:
         print(
@@ -150,7 +162,14 @@ def cmd_report(a) -> int:
 
     laws = Laws.load(a.laws)
     alloc = read_allocation(a.allocation).to_json() if a.allocation else None
-    files = write_report(laws, alloc, a.output)
+    holdout = None
+    if a.runs:
+        from .dataset import build_dataset, load_runs
+
+        holdout = build_dataset(load_runs(a.runs))  # every domain of the runs; report maps them to the laws'
+        for w in holdout.warnings:
+            print(f"lawfit: warning: {w}", file=sys.stderr)
+    files = write_report(laws, alloc, a.output, holdout=holdout)
     print(f"wrote {len(files)} files to {a.output}: " + ", ".join(p.name for p in files))
     return 0
 
@@ -229,8 +248,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--domains", nargs="+", required=True)
     s.add_argument("--unique", nargs="+", required=True, metavar="D=N", help="unique samples per domain")
     s.add_argument("--target-budget", type=int, required=True, help="samples of the final run")
-    s.add_argument("--pilot-fraction", type=float, default=0.1)
-    s.add_argument("--mixtures", type=int, help="random fitting mixtures (default max(2, domains/2))")
+    s.add_argument("--pilot-fraction", type=float, default=0.1, help="ignored with --pilot-samples")
+    s.add_argument(
+        "--design",
+        choices=("pairs", "random", "pairs+loo"),
+        default="pairs",
+        help="pairs: singles + pairwise 50/50 mixtures + far-apart holdouts; random: singles + random "
+        "mixtures; pairs+loo: pairs + leave-one-out mixtures (docs/lawfit.md)",
+    )
+    s.add_argument(
+        "--global-batch",
+        type=int,
+        default=8,
+        help="the trainer's samples per optimizer step (data.batch_size x GPUs x optim.grad_accum): "
+        "every budget and evaluation point is a multiple of it",
+    )
+    s.add_argument("--pilot-samples", type=int, help="samples per run (rounded down to the global batch)")
+    s.add_argument("--first-eval", type=int, help="first evaluation point (default budget/64)")
+    s.add_argument("--mixtures", type=int, help="random design: mixtures (default max(2, domains/2))")
     s.add_argument("--evals", type=int, default=8, help="evaluation points per run (log-spaced)")
     s.add_argument("--max-epochs", type=float)
     s.add_argument("--seed", type=int, default=0)
@@ -241,6 +276,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("laws")
     s.add_argument("allocation", nargs="?")
     s.add_argument("-o", "--output", required=True, help="output folder")
+    s.add_argument(
+        "--runs",
+        nargs="+",
+        metavar="DIR",
+        help="run logs to draw over the fitted points; runs the laws were not fitted on are shown as held out",
+    )
     s.set_defaults(fn=cmd_report)
 
     s = sub.add_parser("simulate", help="write run logs drawn from known laws")

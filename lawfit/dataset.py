@@ -24,6 +24,17 @@ class Dataset:
     seconds_per_sample: dict[str, float]
     unique_samples: dict[str, float]
     warnings: list[str]
+    se: np.ndarray = None  # type: ignore[assignment]  # None -> all nan (filled in __post_init__)
+    """(n, m) standard error of each observed loss over its evaluation crops (the run log's `loss_se`);
+    nan where not logged. se / y is the measured noise of log y at that point."""
+
+    def __post_init__(self) -> None:
+        # A default, so that Datasets built without per-point errors (older callers) stay valid.
+        if self.se is None:
+            self.se = np.full(self.y.shape, np.nan)
+        self.se = np.asarray(self.se, dtype=np.float64)
+        if self.se.shape != self.y.shape:
+            raise ValueError(f"Dataset field 'se': shape {self.se.shape} differs from y's {self.y.shape}")
 
     @property
     def n_runs(self) -> int:
@@ -40,6 +51,7 @@ class Dataset:
             self.seconds_per_sample,
             self.unique_samples,
             self.warnings,
+            se=self.se[rows],
         )
 
     def resample_runs(self, rng: np.random.Generator) -> Dataset:
@@ -94,6 +106,7 @@ class _Rows:
     D: list[np.ndarray] = field(default_factory=list)
     U: list[np.ndarray] = field(default_factory=list)
     Y: list[np.ndarray] = field(default_factory=list)
+    S: list[np.ndarray] = field(default_factory=list)
     R: list[int] = field(default_factory=list)
     warns: list[str] = field(default_factory=list)
     costs: dict[str, list[float]] = field(default_factory=dict)
@@ -113,6 +126,7 @@ class _Rows:
             self.D.append(_fill(np.zeros(m), ev.samples_seen, self.col))
             self.U.append(u)
             self.Y.append(_fill(np.full(m, np.nan), ev.loss, self.col))
+            self.S.append(_fill(np.full(m, np.nan), ev.loss_se, self.col))
             self.R.append(r_idx)
         for d, s in run.seconds_per_sample().items():
             self.costs.setdefault(d, []).append(s)
@@ -141,4 +155,5 @@ def build_dataset(runs: list[RunLog], domains: list[str] | None = None) -> Datas
         warnings=rows.warns,
         seconds_per_sample={d: float(np.median(v)) for d, v in rows.costs.items()},
         unique_samples={d: float(max(v)) for d, v in rows.uniq.items()},
+        se=np.asarray(rows.S),
     )

@@ -1,21 +1,22 @@
-"""Fitting: Huber loss on log-loss residuals, multi-start trust-region least squares in float64, targets in
-parallel, form selection by cross-validation over runs. Uncertainty (the bootstrap): lawfit/bootstrap.py."""
+"""Fitting one target: Huber loss on noise-weighted log-loss residuals, multi-start trust-region least
+squares in float64. Targets run in parallel (lawfit/parallel.py); the form is chosen by cross-validation
+(lawfit/select.py); uncertainty by the bootstrap (lawfit/bootstrap.py)."""
 
 from __future__ import annotations
 
-import os
-import sys
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from itertools import product
+from typing import NamedTuple
 
 import numpy as np
 from scipy.optimize import least_squares
 
 from .dataset import Dataset
 from .errors import LawfitError
+from .forms import FORMS, LawForm
 from .intervals import INTERVALS
-from .laws import D0_DEFAULT, FORMS, LawForm, TargetLaw
+from .laws import TargetLaw
+from .parallel import map_jobs
 
 BOOTSTRAP_METHODS = ("runs", "parametric")
 
@@ -24,12 +25,13 @@ BOOTSTRAP_METHODS = ("runs", "parametric")
 class FitConfig:
     huber_delta: float = 0.01
     """Residuals (in log loss) below this are treated as noise (quadratic), above as outliers (linear)."""
-    d0: float = D0_DEFAULT
-    """Data offset of the law, in samples (keeps the loss finite at zero relevant data)."""
     forms: tuple[str, ...] | None = None
-    """Candidate forms; None: no_transfer and transfer, plus transfer_repetition when runs repeat data."""
+    """Candidate forms; None: no_transfer, transfer and interference, plus transfer_repetition when runs
+    repeat data."""
     cv_folds: int = 5
-    """Folds over runs for choosing the form by held-out error."""
+    """Folds over the mixture runs for choosing the form by held-out error when there are more than
+    `lawfit.select.MAX_LOMO` of them (fewer: each mixture is its own fold); single-domain pilots always
+    stay in training (lawfit/select.py)."""
     bootstrap: int = 100
     """Bootstrap resamples (0: no uncertainty)."""
     bootstrap_method: str = "runs"
@@ -49,8 +51,6 @@ class FitConfig:
     def __post_init__(self):
         if not self.huber_delta > 0:
             raise LawfitError(f"huber_delta must be > 0, got {self.huber_delta}")
-        if not self.d0 > 0:
-            raise LawfitError(f"d0 must be > 0, got {self.d0}")
         if self.cv_folds < 2:
             raise LawfitError(f"cv_folds must be >= 2, got {self.cv_folds}")
         if self.bootstrap < 0:
@@ -91,68 +91,119 @@ class FormFit:
 
 
 # ---- one target ---------------------------------------------------------------------------------------
-def _problem(ds: Dataset, i: int, rows: np.ndarray | None = None):
+class Problem(NamedTuple):
+    """One target's points: samples seen of itself and of the others, unique data, observed log loss, and
+    each point's relative noise weight (its measured standard error over the target's median; 1 where
+    the run log holds none)."""
+
+    D_own: np.ndarray
+    D_oth: np.ndarray
+    U_own: np.ndarray
+    U_oth: np.ndarray
+    logy: np.ndarray
+    scale: np.ndarray
+
+
+def _problem(ds: Dataset, i: int, rows: np.ndarray | None = None) -> Problem:
     pts = ds.target_points(i) if rows is None else rows[np.isfinite(ds.y[rows, i])]
     others = [c for c in range(len(ds.domains)) if c != i]
-    return (ds.D[pts, i], ds.D[pts][:, others], ds.U[pts, i], ds.U[pts][:, others], np.log(ds.y[pts, i]))
+    return Problem(
+        ds.D[pts, i], ds.D[pts][:, others], ds.U[pts, i], ds.U[pts][:, others], np.log(ds.y[pts, i]),
+        point_scale(ds, i, pts),
+    )  # fmt: skip
 
 
-def box(form: LawForm, others: list[str], prob) -> tuple[np.ndarray, np.ndarray]:
+def point_scale(ds: Dataset, i: int, pts: np.ndarray) -> np.ndarray:
+    """Relative noise of each point of target i: sigma_k / median sigma, sigma_k = se_k / y_k the measured
+    standard error of the log loss (evaluation crops), so that a residual is weighed by 1 / sigma_k while
+    the objective keeps its units (log loss) and the Huber delta its meaning. 1 without measurements."""
+    se = getattr(ds, "se", None)
+    if se is None:
+        return np.ones(len(pts))
+    s = se[pts, i] / ds.y[pts, i]
+    ok = np.isfinite(s) & (s > 0)
+    if not ok.any():
+        return np.ones(len(pts))
+    med = float(np.median(s[ok]))
+    # A point without a measurement counts as typical; none counts more than 10x a typical point.
+    return np.where(ok, np.maximum(s, 0.1 * med), med) / med
+
+
+def box(form: LawForm, others: list[str], prob: Problem) -> tuple[np.ndarray, np.ndarray]:
     """Lower and upper bounds of the fit vector for this target's points (E below the lowest loss)."""
-    lo, hi = np.array(form.bounds(others, float(np.exp(prob[-1].min())))).T
+    tot = prob.D_own + prob.D_oth.sum(axis=1)
+    pos = tot[tot > 0]
+    d_range = (float(pos.min()) if len(pos) else 1.0, float(tot.max()) if len(tot) else 2.0)
+    lo, hi = np.array(form.bounds(others, float(np.exp(prob.logy.min())), d_range)).T
     return lo, hi
 
 
-def _objective(theta, form: LawForm, prob, delta: float, d0: float, ref: float):
-    D_own, D_oth, U_own, U_oth, logy = prob
-    logL, J = form.evaluate(theta, D_own, D_oth, U_own, U_oth, d0, ref=ref)
-    r = logL - logy
+def _objective(theta, form: LawForm, prob: Problem, delta: float, ref: float):
+    """Mean Huber loss of the noise-weighted log-loss residuals, plus the weak ridge; value and gradient."""
+    logL, J = form.evaluate(theta, *prob[:4], ref=ref)
+    r = (logL - prob.logy) / prob.scale
     a = np.abs(r)
     quad = a <= delta
     # Huber, divided by delta so that the objective reads in units of log-loss.
     h = np.where(quad, 0.5 * r * r / delta, a - 0.5 * delta)
-    psi = np.where(quad, r / delta, np.sign(r))
+    psi = np.where(quad, r / delta, np.sign(r)) / prob.scale
     n = len(r)
     val, grad = float(h.sum() / n), J.T @ psi / n
-    if form.transfer:
-        # gamma_j is not identified where kappa_j ~ 0 (an island pair): a weak ridge towards 1 removes that
-        # flat direction; it is far below the data's curvature wherever the transfer is real.
-        gs = form.gamma_slice(len(theta))
-        g = theta[gs]
-        val += GAMMA_RIDGE * float(((g - 1.0) ** 2).sum())
+    # gamma_j is not identified where kappa_j ~ 0 (an island pair), nor dbar where every rho ~ 0: a weak
+    # ridge (towards gamma 1, dbar R) removes those flat directions; it is far below the data's curvature
+    # wherever the term is real.
+    idx, ctr = form.ridge(prob.D_oth.shape[1], ref)
+    if len(idx):
+        dev = theta[idx] - ctr
+        val += RIDGE * float((dev**2).sum())
         grad = grad.copy()
-        grad[gs] += 2 * GAMMA_RIDGE * (g - 1.0)
+        grad[idx] += 2 * RIDGE * dev
     return val, grad
 
 
-def reference_scale(prob, d0: float) -> float:
+def reference_scale(prob: Problem) -> float:
     """Geometric mean of the samples seen at the target's points: the centre of the fit's coordinates."""
-    tot = d0 + prob[0] + prob[1].sum(axis=1)
+    tot = 1.0 + prob.D_own + prob.D_oth.sum(axis=1)
     return float(np.exp(np.mean(np.log(tot))))
 
 
-def _grid_starts(form: LawForm, prob, others: list[str], d0: float, ref: float) -> list[np.ndarray]:
-    """A grid over E, alpha (and kappa), with G in closed form so that each start fits the data's level."""
-    D_own, D_oth, _, _, logy = prob
-    y = np.exp(logy)
+def _d0_start(prob: Problem) -> float:
+    """d0's start: a third of the first positive amount of own data the target saw (the data a model starts
+    with is of the order of its first evaluation: docs/notes/law_study_2026-11-28.md found 100-300 for
+    evaluations from 400). One value, not a grid: the solver moves d0 freely (it is well scaled in log)."""
+    own = prob.D_own[prob.D_own > 0]
+    first = float(own.min()) if len(own) else float(max(prob.D_oth.sum(axis=1).max(), 10.0))
+    return max(1.0, first / 3.0)
+
+
+def _grid_starts(form: LawForm, prob: Problem, others: list[str], ref: float) -> list[np.ndarray]:
+    """A grid over E, alpha, d0 (and kappa), with G in closed form so that each start fits the data's level."""
+    y = np.exp(prob.logy)
     y_min = float(y.min())
     m = len(others)
     kaps = (0.01, 0.1, 0.5) if form.transfer and m else (0.0,)
+    lay = form.layout(m)
     starts = []
+    d0 = _d0_start(prob)
     for e_frac, alpha, kap in product((0.3, 0.5, 0.7, 0.9, 0.97), (0.1, 0.2, 0.35, 0.6, 0.9), kaps):
         E = e_frac * y_min
-        S = d0 + D_own + (kap * D_oth.sum(axis=1) if form.transfer and m else 0.0)
-        logG = float(np.median(np.log(y - E) + alpha * np.log(S / ref)))
-        th = [np.log(E), logG, alpha]
+        S = d0 + prob.D_own + (kap * prob.D_oth.sum(axis=1) if form.transfer and m else 0.0)
+        th = np.zeros(form.n_params(m))
+        th[0], th[2], th[3] = np.log(E), alpha, np.log(d0)
+        th[1] = float(np.median(np.log(y - E) + alpha * np.log(S / ref)))
         if form.transfer:
-            th += [kap] * m + [1.0] * m
+            th[lay["kappa"]] = kap
+            if form.gamma:
+                th[lay["gamma"]] = 1.0
+        if form.interference:
+            th[lay["log_dbar"]] = np.log(ref)
         if form.repetition:
-            th.append(np.log(5.0))
-        starts.append(np.asarray(th, dtype=np.float64))
+            th[lay["log_r_star"]] = np.log(5.0)
+        starts.append(th)
     return starts
 
 
-GAMMA_RIDGE = 1e-5
+RIDGE = 1e-5
 N_REFINE = 4  # grid starts taken to convergence (the best by initial objective)
 SOLVER_TOL = 1e-12  # least_squares' ftol, xtol and gtol
 BOUND_SNAP = 1e-8  # fraction of a parameter's range within which a solution is put on the bound
@@ -160,7 +211,7 @@ BOUND_SNAP = 1e-8  # fraction of a parameter's range within which a solution is 
 
 def _huber_rows(n_data: int):
     """least_squares loss: Huber on the first n_data rows (z = (r / delta)^2), plain squares on the rest
-    (the gamma ridge), so that the solver minimizes exactly n delta times `_objective`."""
+    (the ridge), so that the solver minimizes exactly n delta times `_objective`."""
 
     def rho(z):
         out = np.empty((3, len(z)))
@@ -176,7 +227,7 @@ def _huber_rows(n_data: int):
     return rho
 
 
-def _solve(theta0, form: LawForm, prob, delta: float, d0: float, ref: float, lo, hi):
+def _solve(theta0, form: LawForm, prob: Problem, delta: float, ref: float, lo, hi):
     """Minimize `_objective` from theta0 inside [lo, hi] by trust-region reflective least squares.
 
     Why not L-BFGS-B on `_objective` (this project's first solver): the problem is ill-conditioned along
@@ -186,28 +237,27 @@ def _solve(theta0, form: LawForm, prob, delta: float, d0: float, ref: float, lo,
     (docs/notes/coverage_study_2026-11-30.md). Gauss-Newton steps with the Jacobian reach lower
     objectives in 5-50 evaluations.
     """
-    n = len(prob[-1])
-    g_idx = np.arange(len(theta0))[form.gamma_slice(len(theta0))]
-    m = len(g_idx)
-    c = np.sqrt(2.0 * n * delta * GAMMA_RIDGE)  # 0.5 (c (g - 1))^2 = n delta GAMMA_RIDGE (g - 1)^2
+    n = len(prob.logy)
+    idx, ctr = form.ridge(prob.D_oth.shape[1], ref)
+    c = np.sqrt(2.0 * n * delta * RIDGE)  # 0.5 (c dev)^2 = n delta RIDGE dev^2
     cache = {}
 
     def evaluate(th):
         key = th.tobytes()
         if key not in cache:
             cache.clear()
-            cache[key] = form.evaluate(th, *prob[:4], d0, ref=ref)
+            cache[key] = form.evaluate(th, *prob[:4], ref=ref)
         return cache[key]
 
     def fun(th):
         logL, _ = evaluate(th)
-        return np.concatenate([logL - prob[-1], c * (th[g_idx] - 1.0)])
+        return np.concatenate([(logL - prob.logy) / prob.scale, c * (th[idx] - ctr)])
 
     def jac(th):
         _, J = evaluate(th)
-        ridge = np.zeros((m, len(th)))
-        ridge[np.arange(m), g_idx] = c
-        return np.vstack([J, ridge])
+        ridge = np.zeros((len(idx), len(th)))
+        ridge[np.arange(len(idx)), idx] = c
+        return np.vstack([J / prob.scale[:, None], ridge])
 
     res = least_squares(
         fun,
@@ -246,13 +296,13 @@ def fit_target(
     target = ds.domains[i]
     others = [d for d in ds.domains if d != target]
     prob = _problem(ds, i, rows)
-    n = len(prob[-1])
+    n = len(prob.logy)
     if n < 3:
         raise LawfitError(f"target '{target}': only {n} evaluation points; need at least 3 to fit")
-    ref = reference_scale(prob, cfg.d0) if ref is None else ref
+    ref = reference_scale(prob) if ref is None else ref
     lo, hi = box(form, others, prob)
-    args = (form, prob, cfg.huber_delta, cfg.d0, ref)
-    starts = init if init is not None else _grid_starts(form, prob, others, cfg.d0, ref)
+    args = (form, prob, cfg.huber_delta, ref)
+    starts = init if init is not None else _grid_starts(form, prob, others, ref)
     n_starts = len(starts)
     starts = [np.clip(s, lo, hi) for s in starts]
     if len(starts) > N_REFINE:
@@ -260,11 +310,11 @@ def fit_target(
         starts = sorted(starts, key=lambda s: _objective(s, *args)[0])[:N_REFINE]
     results = []
     for s in starts:
-        x, ok = _solve(s, form, prob, cfg.huber_delta, cfg.d0, ref, lo, hi)
+        x, ok = _solve(s, form, prob, cfg.huber_delta, ref, lo, hi)
         results.append((_objective(x, *args)[0], x, ok))
     fun, x, ok = min(results, key=lambda r: r[0])
-    logL, _ = form.evaluate(x, *prob[:4], cfg.d0, jac=False, ref=ref)
-    rmse = float(np.sqrt(np.mean((logL - prob[-1]) ** 2)))
+    logL, _ = form.evaluate(x, *prob[:4], jac=False, ref=ref)
+    rmse = float(np.sqrt(np.mean((logL - prob.logy) ** 2)))
     return TargetFit(
         target=target,
         form=form.name,
@@ -279,60 +329,7 @@ def fit_target(
     )
 
 
-# ---- parallel driver ----------------------------------------------------------------------------------
-def _pool(cfg: FitConfig, n_jobs: int):
-    workers = cfg.workers or (os.cpu_count() or 1)
-    workers = max(1, min(workers, n_jobs))
-    if workers == 1:
-        return None
-    import multiprocessing as mp
-
-    ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
-    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_one_blas_thread)
-
-
-def _one_blas_thread() -> None:
-    """The fits multiply small matrices (points x parameters): a multi-threaded BLAS in every worker only
-    spins and oversubscribes the cores (measured: 12x slower bootstrap on 2 cores)."""
-    from threadpoolctl import threadpool_limits
-
-    threadpool_limits(1)
-
-
-def _progress(total: int, desc: str, cfg: FitConfig):
-    from tqdm import tqdm
-
-    return tqdm(
-        total=total,
-        desc=desc,
-        file=sys.stderr,
-        disable=not cfg.progress or total <= 1,
-        leave=False,
-        dynamic_ncols=True,
-    )
-
-
-def _map(fn, jobs: list, cfg: FitConfig, desc: str) -> list:
-    out = [None] * len(jobs)
-    pool = _pool(cfg, len(jobs))
-    with _progress(len(jobs), desc, cfg) as bar:
-        if pool is None:
-            from threadpoolctl import threadpool_limits
-
-            with threadpool_limits(1):
-                for a, job in enumerate(jobs):
-                    out[a] = fn(*job)
-                    bar.update()
-        else:
-            with pool:
-                futs = {pool.submit(fn, *job): a for a, job in enumerate(jobs)}
-                for fut in as_completed(futs):
-                    out[futs[fut]] = fut.result()
-                    bar.update()
-    return out
-
-
-def _job_target(form_name, ds, i, cfg, rows=None, init=None, ref=None):
+def job_target(form_name, ds, i, cfg, rows=None, init=None, ref=None):
     return fit_target(FORMS[form_name], ds, i, cfg, rows=rows, init=init, ref=ref)
 
 
@@ -340,7 +337,7 @@ def candidate_forms(ds: Dataset, cfg: FitConfig) -> tuple[list[str], list[str]]:
     notes = []
     if cfg.forms:
         return list(cfg.forms), notes
-    forms = ["no_transfer", "transfer"]
+    forms = ["no_transfer", "transfer", "interference"]
     if np.any(ds.D > ds.U):
         forms.append("transfer_repetition")
     else:
@@ -355,38 +352,8 @@ def fit_forms(ds: Dataset, cfg: FitConfig) -> tuple[dict[str, FormFit], list[str
     forms, notes = candidate_forms(ds, cfg)
     m = len(ds.domains)
     jobs = [(f, ds, i, cfg) for f in forms for i in range(m)]
-    res = _map(_job_target, jobs, cfg, "fit")
+    res = map_jobs(job_target, jobs, cfg, "fit")
     fits = {f: FormFit(f, {}) for f in forms}
     for (f, _, i, _), tf in zip(jobs, res):
         fits[f].targets[ds.domains[i]] = tf
     return fits, notes
-
-
-def cross_validate(ds: Dataset, fits: dict[str, FormFit], cfg: FitConfig) -> list[str]:
-    """Held-out error of each form: K folds over runs, warm-started from the full-data fit."""
-    k = min(cfg.cv_folds, ds.n_runs)
-    if k < 2:
-        return [f"only {ds.n_runs} run(s): forms cannot be compared on held-out runs"]
-    perm = np.random.default_rng(cfg.seed).permutation(ds.n_runs)
-    folds = [perm[a::k] for a in range(k)]
-    jobs, meta = [], []
-    for f, ff in fits.items():
-        for a, held in enumerate(folds):
-            train = np.flatnonzero(~np.isin(ds.run, held))
-            for i, d in enumerate(ds.domains):
-                jobs.append((f, ds, i, cfg, train, [ff.targets[d].theta], ff.targets[d].ref))
-                meta.append((f, a, i))
-    res = _map(_job_target, jobs, cfg, "cross-validate")
-    sq: dict[tuple[str, str], list[float]] = {}
-    for (f, a, i), tf in zip(meta, res):
-        test = np.flatnonzero(np.isin(ds.run, folds[a]))
-        D_own, D_oth, U_own, U_oth, logy = _problem(ds, i, test)
-        if len(logy) == 0:
-            continue
-        logL, _ = FORMS[f].evaluate(tf.theta, D_own, D_oth, U_own, U_oth, cfg.d0, jac=False, ref=tf.ref)
-        sq.setdefault((f, ds.domains[i]), []).extend(((logL - logy) ** 2).tolist())
-    for f, ff in fits.items():
-        allsq = [v for d in ds.domains for v in sq.get((f, d), [])]
-        ff.cv_rmse_log = float(np.sqrt(np.mean(allsq))) if allsq else None
-        ff.cv_per_target = {d: float(np.sqrt(np.mean(sq[(f, d)]))) for d in ds.domains if (f, d) in sq}
-    return []

@@ -31,21 +31,29 @@ def classify(out_s: float, in_s: float) -> str:
     return "intermediate"
 
 
-def hub_analysis(laws: Laws, D: np.ndarray, *, budget_samples: float | None = None) -> dict:
-    D = np.asarray(D, dtype=np.float64)
-    _, G = laws.value_grad(D)
-    m = len(laws.domains)
+def exchange_rates(laws: Laws, D: np.ndarray, targets=None) -> tuple[np.ndarray, np.ndarray]:
+    """T (m, m), T_ij = (dL_i/dD_j) / (dL_i/dD_i) at D, and the gradient G = dL_i/dD_j."""
+    _, G = laws.value_grad(np.asarray(D, dtype=np.float64), targets)
     own = np.diag(G).copy()
     own[own == 0] = -np.finfo(float).tiny
     T = G / own[:, None]
     np.fill_diagonal(T, 1.0)
+    return T, G
+
+
+def hub_analysis(laws: Laws, D: np.ndarray, *, budget_samples: float | None = None, boots=None) -> dict:
+    """Exchange rates, strengths and classes at D; with bootstrap laws (`boots`, from
+    `laws.bootstrap_targets()`), the interval of every exchange rate at the laws' level and rule."""
+    D = np.asarray(D, dtype=np.float64)
+    T, G = exchange_rates(laws, D)
+    m = len(laws.domains)
     off = ~np.eye(m, dtype=bool)
     out_s = np.array([T[off[:, j], j].mean() if m > 1 else 0.0 for j in range(m)])
     in_s = np.array([T[i, off[i]].mean() if m > 1 else 0.0 for i in range(m)])
     N = float(budget_samples if budget_samples is not None else D.sum())
     # Loss reduction of target i when 1% of the budget's samples go to domain j (first-order).
     M = -G * (0.01 * N)
-    return {
+    out = {
         "at_samples": {d: float(x) for d, x in zip(laws.domains, D)},
         "rule": f"hub: out-strength >= {HUB_OUT}; island: out- and in-strength < {ISLAND}; else intermediate. "
         "T[i][j] = (dL_i/dD_j) / (dL_i/dD_i) at the proportional allocation of the budget.",
@@ -59,3 +67,11 @@ def hub_analysis(laws: Laws, D: np.ndarray, *, budget_samples: float | None = No
         "in_strength": {d: float(x) for d, x in zip(laws.domains, in_s)},
         "class": {d: classify(o, n) for d, o, n in zip(laws.domains, out_s, in_s)},
     }
+    if boots:
+        draws = np.stack([exchange_rates(laws, D, t)[0] for t in boots])
+        lo, hi = laws.interval_of(draws, estimate=T, axis=0)
+        out["exchange_rate_interval"] = {
+            di: {dj: [float(lo[i, j]), float(hi[i, j])] for j, dj in enumerate(laws.domains)}
+            for i, di in enumerate(laws.domains)
+        }
+    return out

@@ -12,8 +12,9 @@ import numpy as np
 from voxmix.formats.laws import DOMAIN_NUMBERS, FORMAT, read_laws, validate_laws, write_laws
 
 from .errors import LawfitError
+from .forms import FORMS, get_form
 from .intervals import interval
-from .laws import D0_DEFAULT, FORMS, TargetLaw, get_form, law_value_grad
+from .laws import D0_DEFAULT, TargetLaw, law_value_grad
 
 
 @dataclass
@@ -58,7 +59,7 @@ class Laws:
         unc = self.uncertainty
         if not unc or not unc.get("samples"):
             return []
-        return unpack_samples(self.form, self.domains, unc["samples"])
+        return unpack_samples(self.form, self.domains, unc["samples"], self.d0)
 
     @property
     def interval_rule(self) -> str:
@@ -145,10 +146,18 @@ def _parse_targets(tobj: dict, base: str, domains: list[str], where: str) -> dic
     return out
 
 
-def unpack_samples(form: str, domains: list[str], samples: dict) -> list[dict[str, TargetLaw]]:
+def unpack_samples(
+    form: str, domains: list[str], samples: dict, d0: float = D0_DEFAULT
+) -> list[dict[str, TargetLaw]]:
     """Bootstrap draws as laws: samples[d] holds target d's natural parameter vectors (one per resample);
-    draw b is {d: law of d in resample b}, over the resamples every target has."""
+    draw b is {d: law of d in resample b}, over the resamples every target has. Vectors written before d0
+    was fitted per target lack log_d0 (the 4th entry): the file's global d0 is put there."""
     f = get_form(form)
-    per = {d: np.asarray(samples[d], dtype=np.float64) for d in domains}
+    per = {}
+    for d in domains:
+        v = np.asarray(samples[d], dtype=np.float64)
+        if v.ndim == 2 and v.shape[1] == f.n_params(len(domains) - 1) - 1:
+            v = np.insert(v, 3, np.log(d0), axis=1)
+        per[d] = v
     n = min(len(v) for v in per.values())
     return [{d: f.unpack(per[d][b], d, [o for o in domains if o != d]) for d in domains} for b in range(n)]

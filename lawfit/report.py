@@ -1,4 +1,9 @@
-"""`lawfit report`: figures (PNG) and a markdown summary of the laws and, if given, the allocation."""
+"""`lawfit report`: figures (PNG, report_figures.py) and report.md from laws.json, optionally the allocation
+and held-out run logs drawn over the fitted points.
+
+Everything about the laws goes through `Laws.predict` / `predict_interval` / `value_grad` and
+`hub_analysis`, so the report works for every law form.
+"""
 
 from __future__ import annotations
 
@@ -9,186 +14,145 @@ import numpy as np
 
 from voxmix.formats.io import atomic_write_text
 
+from .dataset import Dataset
+from .errors import LawfitError
 from .hubs import HUB_OUT, ISLAND, hub_analysis
 from .lawsfile import Laws
+from .report_figures import (
+    RunPoints,
+    fig_allocation,
+    fig_fit_curves,
+    fig_hubs,
+    fig_transfer,
+    save_figure,
+    transfer_note,
+)
+
+HOLDOUT_PREFIX = "holdout-"  # lawfit plan's held-out validation runs
+# The band rule's tolerance: a run's data counts as reaching target i when the law's prediction for i
+# moves by more than 0.5% away from its no-data value. Below that the curve is the floor (and looks flat).
+FLOOR_RTOL = 0.005
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: never needs a display
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    os.replace(tmp, path)
-
-
-def _data(laws: Laws):
+# ---- the points drawn ---------------------------------------------------------------------------------
+def _fitted_points(laws: Laws):
+    m = len(laws.domains)
     d = laws.fit.get("data")
     if not d:
-        return None
+        return [], np.zeros(0, dtype=int), np.zeros((0, m)), np.zeros((0, m))
     y = np.array([[np.nan if v is None else v for v in row] for row in d["loss"]], dtype=float)
-    return d["run_ids"], np.asarray(d["run"]), np.asarray(d["samples_seen"], dtype=float), y
+    return list(d["run_ids"]), np.asarray(d["run"], dtype=int), np.asarray(d["samples_seen"], dtype=float), y
 
 
-def fig_fit_curves(laws: Laws, path: Path) -> Path | None:
-    data = _data(laws)
-    if data is None:
-        return None
-    run_ids, run, D, y = data
-    plt = _plt()
+def _laws_columns(laws: Laws, ds: Dataset) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The held-out dataset's samples and losses in the laws' domain order (0 samples / nan loss for a
+    domain the runs do not have)."""
     m = len(laws.domains)
-    cols = min(3, m)
-    rows = (m + cols - 1) // cols
-    fig, axes = plt.subplots(
-        rows, cols, figsize=(4.6 * cols, 3.6 * rows), squeeze=False, constrained_layout=True
-    )
-    cmap = plt.get_cmap("tab20")
-    boots = laws.bootstrap_targets()  # unpacked once, used for every run's band
-    for t, d in enumerate(laws.domains):
-        ax = axes[t // cols][t % cols]
-        for r in range(len(run_ids)):
-            rows_r = np.flatnonzero((run == r) & np.isfinite(y[:, t]))
-            if not len(rows_r):
-                continue
-            tot = D[rows_r].sum(axis=1)
-            order = np.argsort(tot)
-            color = cmap(r % 20)
-            ax.plot(tot[order], y[rows_r[order], t], "o", ms=3, color=color)
-            # The law along this run's trajectory (its own mixture), with the bootstrap band.
-            grid = np.geomspace(max(tot.min(), 1), tot.max(), 40)
-            frac = D[rows_r[order[-1]]] / max(tot.max(), 1)
-            Dg = grid[:, None] * frac[None, :]
-            ax.plot(grid, laws.predict(Dg)[:, t], "-", lw=1, color=color)
-            iv = laws.predict_interval(Dg, boots=boots)
-            if iv is not None:
-                ax.fill_between(grid, iv[0][:, t], iv[1][:, t], color=color, alpha=0.15, lw=0)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_title(f"target {d}", fontsize=10)
-        ax.set_xlabel("samples seen (all domains)")
-        ax.set_ylabel("held-out MAE loss")
-    for t in range(m, rows * cols):
-        axes[t // cols][t % cols].axis("off")
-    fig.suptitle(f"fitted laws ({laws.form}) and observed losses; one colour per run", fontsize=11)
-    _save(fig, path)
-    plt.close(fig)
-    return path
+    if not set(ds.domains) & set(laws.domains):
+        raise LawfitError(f"--runs: the runs' domains {ds.domains} share none with the laws' {laws.domains}")
+    D, y, notes = np.zeros((len(ds.y), m)), np.full((len(ds.y), m), np.nan), []
+    for c, d in enumerate(ds.domains):
+        if d in laws.domains:
+            k = laws.domains.index(d)
+            D[:, k], y[:, k] = ds.D[:, c], ds.y[:, c]
+        elif (ds.D[:, c] > 0).any():
+            notes.append(
+                f"--runs: domain '{d}' has no law in laws.json (domains {laws.domains}); the curves of runs "
+                "that saw it ignore those samples."
+            )
+    return D, y, notes
 
 
-def fig_matrix(laws: Laws, hubs: dict, path: Path) -> Path:
-    plt = _plt()
-    doms = laws.domains
-    T = np.array([[hubs["exchange_rate"][i][j] for j in doms] for i in doms])
-    np.fill_diagonal(T, np.nan)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.9 * len(doms), 0.8 + 0.8 * len(doms)))
-    im = ax.imshow(T, cmap="viridis", vmin=0, vmax=max(1e-9, np.nanmax(T)))
-    ax.set_xticks(range(len(doms)), doms, rotation=45, ha="right")
-    ax.set_yticks(range(len(doms)), doms)
-    ax.set_xlabel("source domain j (data)")
-    ax.set_ylabel("target domain i (loss)")
-    for i in range(len(doms)):
-        for j in range(len(doms)):
-            if i != j:
-                ax.text(j, i, f"{T[i, j]:.2f}", ha="center", va="center", color="w", fontsize=8)
-    fig.colorbar(im, ax=ax, label="exchange rate T_ij (own samples per sample of j)")
-    ax.set_title("transfer at the budget")
-    _save(fig, path)
-    plt.close(fig)
-    return path
+def run_points(laws: Laws, holdout: Dataset | None = None) -> tuple[RunPoints, list[str]]:
+    """The fitted points from laws.json plus the runs of `holdout`, each run marked fitted or held out.
 
-
-def fig_hubs(laws: Laws, hubs: dict, path: Path) -> Path:
-    plt = _plt()
-    doms = laws.domains
-    m = len(doms)
-    ang = np.linspace(0, 2 * np.pi, m, endpoint=False)
-    pos = np.c_[np.cos(ang), np.sin(ang)]
-    colors = {"hub": "tab:red", "island": "tab:gray", "intermediate": "tab:blue"}
-    fig, ax = plt.subplots(figsize=(6, 6))
-    T = hubs["exchange_rate"]
-    for a, i in enumerate(doms):
-        for b, j in enumerate(doms):
-            if i != j and T[i][j] > 0.02:
-                ax.annotate(
-                    "",
-                    xy=pos[a] * 0.85,
-                    xytext=pos[b] * 0.85,
-                    arrowprops={
-                        "arrowstyle": "->",
-                        "lw": 0.5 + 4 * min(T[i][j], 1.0),
-                        "alpha": 0.6,
-                        "connectionstyle": "arc3,rad=0.12",
-                    },
-                )
-    for a, d in enumerate(doms):
-        c = hubs["class"][d]
-        ax.scatter(*pos[a], s=900, color=colors[c], zorder=3)
-        ax.text(
-            *(pos[a] * 1.22),
-            f"{d}\n{c}\nout {hubs['out_strength'][d]:.2f} in {hubs['in_strength'][d]:.2f}",
-            ha="center",
-            va="center",
-            fontsize=8,
+    A run is fitted when it is in `fit.runs` (files without it: every run of `fit.data`); any other run is
+    held out. A run of `holdout` that laws.json already holds is drawn once, from laws.json."""
+    ids, run, D, y = _fitted_points(laws)
+    fitted_ids = set(laws.fit.get("runs") or ids)
+    fitted = [r in fitted_ids for r in ids]
+    parts, notes = [(run, D, y)], []
+    if holdout is not None:
+        Dh, yh, notes = _laws_columns(laws, holdout)
+        dup = []
+        for r, rid in enumerate(holdout.run_ids):
+            rows = holdout.run == r
+            if rid in fitted_ids or rid in ids:
+                dup.append(rid)
+            elif rows.any():
+                parts.append((np.full(int(rows.sum()), len(ids)), Dh[rows], yh[rows]))
+                ids.append(rid)
+                fitted.append(False)
+        if dup:
+            notes.append(f"--runs: {len(dup)} run(s) already in laws.json, drawn once from there: {dup}.")
+    named = [r for r, f in zip(ids, fitted) if f and r.startswith(HOLDOUT_PREFIX)]
+    if named:
+        notes.append(
+            f"run(s) {named} are named as held out ('{HOLDOUT_PREFIX}') but the laws were fitted on them "
+            "(fit.runs): they are drawn as fitted, so they are no out-of-sample check. Fit without them "
+            "and pass them with --runs to check the laws."
         )
-    ax.set_xlim(-1.6, 1.6)
-    ax.set_ylim(-1.6, 1.6)
-    ax.axis("off")
-    ax.set_title("data j -> loss i, width = exchange rate")
-    _save(fig, path)
-    plt.close(fig)
-    return path
+    run, D, y = (np.concatenate(a) for a in zip(*parts))
+    return RunPoints(ids, fitted, run.astype(int), D, y), notes
 
 
-def fig_allocation(alloc: dict, path: Path) -> Path:
-    plt = _plt()
-    doms = list(alloc["domains"])
-    series = {"transfer-aware": alloc} | {k: v for k, v in alloc.get("baselines", {}).items()}
-    fig, ax = plt.subplots(figsize=(1.5 + 1.3 * len(doms), 3.8))
-    width = 0.8 / len(series)
-    for s, (name, e) in enumerate(series.items()):
-        ax.bar(np.arange(len(doms)) + s * width, [e["domains"][d]["weight"] for d in doms], width, label=name)
-    ax.set_xticks(np.arange(len(doms)) + 0.4 - width / 2, doms, rotation=30, ha="right")
-    ax.set_ylabel("share of samples")
-    ax.legend(fontsize=8)
-    ax.set_title(f"allocation of {alloc['budget']['samples']} samples")
-    _save(fig, path)
-    plt.close(fig)
-    return path
+def band_mask(laws: Laws, pts: RunPoints, rtol: float = FLOOR_RTOL) -> np.ndarray:
+    """(n_runs, m): draw run r's bootstrap band for target i only when the run saw i's own data, or data
+    that moves the law's prediction for i away from its no-data floor L_i(0) (by more than `rtol` of it at
+    some evaluation point: transfer, interference, whatever the form has). Elsewhere the law predicts that
+    floor whatever the run saw, and a band there would show the floor's uncertainty, not the run's."""
+    m = len(laws.domains)
+    band = pts.seen()  # own data: column i of run r
+    if not len(pts.D):
+        return band
+    floor = laws.predict(np.zeros((1, m)))[0]
+    moved = np.abs(laws.predict(pts.D) - floor) > rtol * np.abs(floor)  # (n, m) per evaluation point
+    for r in range(pts.n_runs):
+        band[r] |= moved[pts.run == r].any(axis=0)
+    return band
 
 
+# ---- transfer ----------------------------------------------------------------------------------------
+def proportional_point(laws: Laws, alloc: dict | None, pts: RunPoints) -> tuple[np.ndarray, str]:
+    """Samples per domain at which transfer is read: the allocation's own point when given (lawfit
+    allocate's proportional baseline), else the largest fitted run's total split like the unique data."""
+    if alloc is not None and "hubs" in alloc:
+        at = alloc["hubs"]["at_samples"]
+        return np.array([float(at[d]) for d in laws.domains]), "the allocation's proportional baseline"
+    tot = pts.D.sum(axis=1)[np.asarray(pts.fitted, dtype=bool)[pts.run]] if pts.n_runs else np.zeros(0)
+    budget = float(tot.max()) if tot.size and tot.max() > 0 else 1e4
+    U = laws.U
+    if np.all(np.isfinite(U) & (U > 0)):
+        return budget * U / U.sum(), "the largest fitted run's samples, split in proportion to unique data"
+    m = len(laws.domains)
+    return np.full(m, budget / m), "the largest fitted run's samples, split uniformly (unique data unknown)"
+
+
+def exchange_matrix(laws: Laws, hubs: dict) -> np.ndarray:
+    T = hubs["exchange_rate"]
+    return np.array([[T[i][j] for j in laws.domains] for i in laws.domains], dtype=float)
+
+
+def exchange_rates(laws: Laws, at: np.ndarray, boots: list):
+    """hub_analysis at `at`, its exchange-rate matrix T (m, m), and T's bootstrap interval (lo, hi): T
+    recomputed under each bootstrap law set, read off with the file's level and rule (None without
+    bootstrap laws)."""
+    hubs = hub_analysis(laws, at, boots=boots)
+    T = exchange_matrix(laws, hubs)
+    if not boots:
+        return hubs, T, None
+    ivs = hubs["exchange_rate_interval"]
+    lo, hi = (np.array([[ivs[i][j][k] for j in laws.domains] for i in laws.domains]) for k in (0, 1))
+    return hubs, T, (lo, hi)
+
+
+# ---- report.md ---------------------------------------------------------------------------------------
 def _iv(laws: Laws, d: str, key: str) -> str:
     iv = laws.uncertainty.get("intervals", {}).get(d, {}).get(key)
     return f" [{iv[0]:.3g}, {iv[1]:.3g}]" if iv else ""
 
 
-def write_report(laws: Laws, alloc: dict | None, out_dir: str | os.PathLike) -> list[Path]:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    doms = laws.domains
-    if alloc is not None and "hubs" in alloc:
-        hubs = alloc["hubs"]
-    else:
-        data = _data(laws)
-        budget = float(data[2].sum(axis=1).max()) if data else 1e4
-        U = np.array([laws.unique_samples.get(d, 1.0) for d in doms])
-        hubs = hub_analysis(laws, budget * U / U.sum(), budget_samples=budget)
-    files = [
-        p
-        for p in (
-            fig_fit_curves(laws, out / "fit_curves.png"),
-            fig_matrix(laws, hubs, out / "transfer_matrix.png"),
-            fig_hubs(laws, hubs, out / "hubs.png"),
-        )
-        if p
-    ]
-    if alloc is not None:
-        files.append(fig_allocation(alloc, out / "allocation.png"))
+def _md_laws(laws: Laws) -> list[str]:
     sel = laws.fit.get("selection", {})
     md = ["# lawfit report", "", f"Form: **{laws.form}** — {sel.get('method', '')}.", ""]
     if sel.get("cv_rmse_log"):
@@ -206,16 +170,101 @@ def write_report(laws: Laws, alloc: dict | None, out_dir: str | os.PathLike) -> 
         "| target | E | A | alpha | fit RMSE (log) |",
         "| --- | --- | --- | --- | --- |",
     ]
-    for d in doms:
+    for d in laws.domains:
         t = laws.targets[d]
         rm = laws.fit.get("per_target", {}).get(d, {}).get("rmse_log")
         md.append(
             f"| {d} | {t.E:.4g}{_iv(laws, d, 'E')} | {t.A:.4g}{_iv(laws, d, 'A')} | "
             f"{t.alpha:.3f}{_iv(laws, d, 'alpha')} | {'-' if rm is None else f'{rm:.4f}'} |"
         )
+    return md + [""]
+
+
+def _holdout_table(laws: Laws, pts: RunPoints) -> list[str]:
+    rows = []
+    for r, rid in enumerate(pts.run_ids):
+        if pts.fitted[r]:
+            continue
+        sel = pts.run == r
+        err = np.log(laws.predict(pts.D[sel])) - np.log(pts.y[sel])
+        err = err[np.isfinite(err)]
+        if err.size:
+            rows.append(f"| {rid} | {err.size} | {np.sqrt(np.mean(err**2)):.4f} | {np.mean(err):+.4f} |")
+    if not rows:
+        return []
+    head = ["| held-out run | points | RMSE of log loss | mean log(predicted / observed) |"]
+    return ["", *head, "| --- | --- | --- | --- |", *rows]
+
+
+def _md_fit(laws: Laws, pts: RunPoints, boots: list, level: float) -> list[str]:
+    md = ["## Fit curves", ""]
+    if not pts.n_runs:
+        return md + [
+            "laws.json holds no fitted points (`fit.data`) and no `--runs` were given: no figure.",
+            "",
+        ]
+    held = [r for r, f in zip(pts.run_ids, pts.fitted) if not f]
+    reach = (
+        "runs that saw the target's own data, or whose data moves the law's prediction for the target away "
+        f"from its no-data floor L_i(0) (by more than {100 * FLOOR_RTOL:g}% at some evaluation point: "
+        "transfer or interference, as the form has them)"
+    )
+    floor = "the law predicts its no-data floor there whatever the run saw"
+    if boots:
+        band = (
+            f"Band rule: the shaded {round(100 * level)}% bootstrap band ({len(boots)} refits) is drawn only "
+            f"for {reach}. Other runs' curves are grey, dashed and have no band: {floor}, and a band would "
+            "only show that floor's uncertainty."
+        )
+    else:
+        band = (
+            "laws.json has no bootstrap laws (fit with `--bootstrap N`): no bands. Solid lines: "
+            f"{reach}; grey dashed: other runs ({floor})."
+        )
+    ho = f"hollow squares: {len(held)} held-out run(s)"
+    if held:
+        ho += f" ({', '.join(held)}), not used by the fit: their distance to their curves checks the laws"
+        ho += " out of sample"
     md += [
+        "![fit curves](fit_curves.png)",
         "",
+        "One panel per target domain: y is the run's held-out loss on that domain, x the total samples the "
+        "run had seen, all domains together (log scale). Filled circles: the "
+        f"{pts.n_runs - len(held)} run(s) the laws were fitted on; {ho}. Each line is the law evaluated "
+        f"along that run's own samples seen. {band}",
+    ]
+    if not held:
+        hint = (
+            "No held-out runs drawn: pass `--runs DIR...` with the held-out run logs (e.g. `runs/holdout-*`)."
+        )
+        md += ["", hint]
+    return md + _holdout_table(laws, pts) + [""]
+
+
+def _md_transfer(laws: Laws, hubs: dict, T: np.ndarray, iv, at: np.ndarray, at_what: str, n_boot: int):
+    note = transfer_note(laws, T)
+    if iv is not None:
+        lvl = round(100 * laws.uncertainty.get("level", 0.9))
+        cells = (
+            f" Each cell: T_ij and its {lvl}% bootstrap interval over the {n_boot} bootstrap law sets "
+            "(T recomputed under each)."
+        )
+    else:
+        cells = " No bootstrap laws: point values only."
+    none = f" **{note[0].upper()}{note[1:]}.**" if note else ""
+    point = ", ".join(f"{d} {x:,.0f}" for d, x in zip(laws.domains, at))
+    md = [
         "## Transfer and hubs",
+        "",
+        "![transfer](transfer_matrix.png)",
+        "",
+        "Exchange rates T_ij = (dL_i/dD_j) / (dL_i/dD_i): how many of target i's own samples one more sample "
+        "of source j is worth at the margin (rows: targets, columns: sources; asymmetric). Blue: j's data "
+        f"helps i; red: it hurts (interference); 0: no transfer. Read at {at_what} ({point} samples)."
+        + cells
+        + none,
+        "",
+        "![hubs](hubs.png)",
         "",
         hubs["rule"],
         "",
@@ -224,48 +273,71 @@ def write_report(laws: Laws, alloc: dict | None, out_dir: str | os.PathLike) -> 
     ]
     md += [
         f"| {d} | {hubs['class'][d]} | {hubs['out_strength'][d]:.3f} | {hubs['in_strength'][d]:.3f} |"
-        for d in doms
+        for d in laws.domains
     ]
+    return md + ["", f"(thresholds: hub >= {HUB_OUT}, island < {ISLAND})", ""]
+
+
+def _md_allocation(laws: Laws, alloc: dict) -> list[str]:
+    md = [
+        "## Allocation",
+        "",
+        f"Budget: {alloc['budget']}.",
+        "",
+        "| domain | share | samples | predicted loss |",
+        "| --- | --- | --- | --- |",
+    ]
+    for d in laws.domains:
+        e = alloc["domains"][d]
+        md.append(f"| {d} | {e['weight']:.3f} | {e['samples']} | {alloc['predicted_loss'][d]:.4f} |")
     md += [
         "",
-        f"(thresholds: hub >= {HUB_OUT}, island < {ISLAND})",
+        "| baseline | predicted weighted loss | improvement (raw) | improvement (reducible) |",
+        "| --- | --- | --- | --- |",
+    ]
+    for name, b in alloc.get("baselines", {}).items():
+        im = b["improvement"]
+        md.append(
+            f"| {name} | {b['objective']:.4f} | {100 * im['raw']:.2f}% | {100 * im['reducible']:.2f}% |"
+        )
+    return md + [
         "",
-        "![fit curves](fit_curves.png)",
+        f"Transfer-aware objective: {alloc['objective']['value']:.4f}; KKT satisfied: "
+        f"{alloc['objective']['kkt']['satisfied']}.",
         "",
-        "![transfer](transfer_matrix.png)",
-        "",
-        "![hubs](hubs.png)",
+        "![allocation](allocation.png)",
         "",
     ]
+
+
+def write_report(
+    laws: Laws, alloc: dict | None, out_dir: str | os.PathLike, holdout: Dataset | None = None
+) -> list[Path]:
+    """Write the figures and report.md to out_dir; `holdout`: extra (held-out) runs to draw."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    pts, notes = run_points(laws, holdout)
+    at, at_what = proportional_point(laws, alloc, pts)
+    boots = laws.bootstrap_targets()  # unpacked once: every band and interval uses them
+    level = float(laws.uncertainty.get("level", 0.9))
+    hubs, T, iv = exchange_rates(laws, at, boots)
+    files = []
+    if pts.n_runs:
+        fig = fig_fit_curves(laws, pts, band_mask(laws, pts), boots, level)
+        files.append(save_figure(fig, out / "fit_curves.png"))
+    fig = fig_transfer(laws, T, iv, float(at.sum()), level, len(boots))
+    files.append(save_figure(fig, out / "transfer_matrix.png"))
+    files.append(save_figure(fig_hubs(laws, hubs), out / "hubs.png"))
     if alloc is not None:
-        md += [
-            "## Allocation",
-            "",
-            f"Budget: {alloc['budget']}.",
-            "",
-            "| domain | share | samples | predicted loss |",
-            "| --- | --- | --- | --- |",
-        ]
-        for d in doms:
-            e = alloc["domains"][d]
-            md.append(f"| {d} | {e['weight']:.3f} | {e['samples']} | {alloc['predicted_loss'][d]:.4f} |")
-        md += [
-            "",
-            "| baseline | predicted weighted loss | improvement (raw) | improvement (reducible) |",
-            "| --- | --- | --- | --- |",
-        ]
-        for name, b in alloc.get("baselines", {}).items():
-            im = b["improvement"]
-            md.append(
-                f"| {name} | {b['objective']:.4f} | {100 * im['raw']:.2f}% | {100 * im['reducible']:.2f}% |"
-            )
-        md += [
-            "",
-            f"Transfer-aware objective: {alloc['objective']['value']:.4f}; KKT satisfied: "
-            f"{alloc['objective']['kkt']['satisfied']}.",
-            "",
-            "![allocation](allocation.png)",
-            "",
-        ]
+        files.append(save_figure(fig_allocation(alloc), out / "allocation.png"))
+    md = (
+        _md_laws(laws)
+        + _md_fit(laws, pts, boots, level)
+        + _md_transfer(laws, hubs, T, iv, at, at_what, len(boots))
+    )
+    if notes:
+        md += ["## Notes", "", *[f"- {n}" for n in notes], ""]
+    if alloc is not None:
+        md += _md_allocation(laws, alloc)
     files.append(atomic_write_text(out / "report.md", "\n".join(md) + "\n"))
     return files

@@ -17,13 +17,28 @@ from .plan import make_plan
 
 
 def default_design(
-    laws: Laws, *, budget_per_run: int, n_mixtures: int | None, n_evals: int, seed: int
+    laws: Laws,
+    *,
+    budget_per_run: int,
+    n_mixtures: int | None,
+    n_evals: int,
+    seed: int,
+    design: str | None = None,
 ) -> dict:
+    """`lawfit plan`'s design with every run at `budget_per_run` samples: its default design, or the random
+    one when `n_mixtures` is given (singles + that many random mixtures)."""
     unique = {d: int(laws.unique_samples.get(d, 10 * budget_per_run)) for d in laws.domains}
-    n_mix = max(2, len(laws.domains) // 2) if n_mixtures is None else n_mixtures
-    n_runs = len(laws.domains) + (n_mix + 2 if len(laws.domains) > 1 else 0)
+    design = design or ("random" if n_mixtures is not None else "pairs")
     return make_plan(
-        laws.domains, unique, budget_per_run * n_runs, 1.0, n_mixtures=n_mix, n_evals=n_evals, seed=seed
+        laws.domains,
+        unique,
+        budget_per_run,
+        1.0,
+        design=design,
+        pilot_samples=budget_per_run,
+        n_mixtures=n_mixtures if design == "random" else None,
+        n_evals=n_evals,
+        seed=seed,
     )
 
 
@@ -89,6 +104,9 @@ def simulate_runs(
                 step=step,
                 samples_seen={d: int(x) for d, x in zip(laws.domains, drow)},
                 loss={d: float(x) for d, x in zip(laws.domains, lrow)},
+                # What a trainer would measure over its crops: the per-evaluation noise, se / loss = noise
+                # (the delta method for lognormal noise); run_noise is not visible within one point.
+                loss_se={d: float(noise * x) for d, x in zip(laws.domains, lrow)},
             )
             # Mean cost of this mixture's samples; per-domain costs are what the trainer measures.
             sps = float(1.0 / max(1e-12, float(w @ np.array([cost[d] for d in laws.domains]))))

@@ -7,12 +7,14 @@ import time
 
 import numpy as np
 
-from .bootstrap import METHOD_TEXT, bootstrap
+from .bootstrap import METHOD_TEXT, bootstrap, fitted_curves, noise_model
 from .dataset import Dataset
-from .fit import FitConfig, cross_validate, fit_forms
+from .fit import FitConfig, FormFit, fit_forms
+from .forms import FORMS
+from .identify import identifiability, noise_summary
 from .intervals import interval
-from .laws import FORMS
 from .lawsfile import Laws
+from .select import cross_validate
 
 
 def _log(cfg: FitConfig, msg: str) -> None:
@@ -20,39 +22,52 @@ def _log(cfg: FitConfig, msg: str) -> None:
         print(f"lawfit: {msg}", file=sys.stderr, flush=True)
 
 
+def _say_selection(cfg: FitConfig, sel: dict, fits: dict[str, FormFit]) -> None:
+    scored = {f: ff.cv_rmse_log for f, ff in fits.items() if ff.cv_rmse_log is not None}
+    line = "form held-out RMSE(log loss): " + ", ".join(f"{f}={v:.4f}" for f, v in scored.items())
+    mg = sel.get("margin")
+    if mg:
+        iv = mg.get("interval")
+        ivs = f" [{iv[0]:+.4f}, {iv[1]:+.4f}]" if iv else ""
+        line += f" -> {sel['winner']} (margin over {mg['runner_up']}: {mg['value']:+.4f}{ivs})"
+    _log(cfg, line)
+    _log(cfg, f"folds: {sel['method']}")
+
+
+def _say_identifiability(cfg: FitConfig, ident: dict) -> None:
+    for d, r in ident.items():
+        if r["ok"]:
+            continue
+        _log(cfg, f"warning: target '{d}' is not fully identified: " + "; ".join(r["problems"]))
+        _log(cfg, f"  would fix it: {'; '.join(r['suggest'])}")
+
+
 def fit_laws(ds: Dataset, cfg: FitConfig | None = None) -> Laws:
     cfg = cfg or FitConfig()
     t0 = time.perf_counter()
     _log(cfg, f"{ds.n_runs} runs, {len(ds.y)} evaluation points, {len(ds.domains)} domains")
     fits, notes = fit_forms(ds, cfg)
-    notes += cross_validate(ds, fits, cfg) if len(fits) > 1 else []
-    scored = {f: ff.cv_rmse_log for f, ff in fits.items() if ff.cv_rmse_log is not None}
-    if scored:
-        winner = min(scored, key=scored.get)
-        method = f"{min(cfg.cv_folds, ds.n_runs)}-fold cross-validation over runs (RMSE of log loss)"
-    else:
-        winner = "transfer" if "transfer" in fits else next(iter(fits))
-        method = "no held-out comparison possible; default form"
-    _log(
-        cfg,
-        "form held-out RMSE(log loss): "
-        + ", ".join(f"{f}={v:.4f}" for f, v in scored.items())
-        + f" -> {winner}",
-    )
+    sel = cross_validate(ds, fits, cfg) if len(fits) > 1 else {"method": "one candidate form"}
+    winner = sel.get("winner") or ("transfer" if "transfer" in fits else next(iter(fits)))
+    _say_selection(cfg, {**sel, "winner": winner}, fits)
     ff = fits[winner]
+    ident = identifiability(ds, ff)
+    _say_identifiability(cfg, ident)
+    _, resid, jacs = fitted_curves(ds, ff)
+    noise = noise_summary(ds, *noise_model(ds, resid, jacs))
     t_fit = time.perf_counter() - t0
     samples = bootstrap(ds, ff, cfg)
     laws = Laws(
         form=winner,
         domains=list(ds.domains),
         targets={d: tf.law for d, tf in ff.targets.items()},
-        d0=cfg.d0,
         unique_samples=dict(ds.unique_samples),
         seconds_per_sample=dict(ds.seconds_per_sample),
         alternatives={f: {d: tf.law for d, tf in x.targets.items()} for f, x in fits.items() if f != winner},
     )
     laws.fit = {
-        "objective": f"mean Huber(delta={cfg.huber_delta}) of log(predicted) - log(observed) loss",
+        "objective": f"mean Huber(delta={cfg.huber_delta}) of (log(predicted) - log(observed)) / relative "
+        "noise of the point (its measured standard error over the target's median; 1 without one)",
         "optimizer": "trust-region reflective least squares (Huber loss) in float64 from a grid of starts "
         "(screened by objective, best 4 taken to convergence)",
         "huber_delta": cfg.huber_delta,
@@ -70,13 +85,15 @@ def fit_laws(ds: Dataset, cfg: FitConfig | None = None) -> Laws:
             for d, tf in ff.targets.items()
         },
         "selection": {
-            "method": method,
+            **sel,
             "winner": winner,
             "candidates": list(fits),
-            "cv_rmse_log": scored,
+            "cv_rmse_log": {f: x.cv_rmse_log for f, x in fits.items() if x.cv_rmse_log is not None},
             "cv_rmse_log_per_target": {f: x.cv_per_target for f, x in fits.items()},
             "descriptions": {f: FORMS[f].description for f in fits},
         },
+        "identifiability": ident,
+        "noise": noise,
         "seconds": round(t_fit, 3),
         "warnings": ds.warnings,
         "notes": notes,
@@ -105,7 +122,7 @@ def _summarize(laws: Laws, samples: dict[str, np.ndarray], cfg: FitConfig) -> di
         def iv(vals, estimate):
             return [float(v) for v in interval(vals, cfg.level, cfg.interval, estimate=estimate)]
 
-        entry = {p: iv([getattr(x, p) for x in laws_b], getattr(est, p)) for p in ("E", "A", "alpha")}
+        entry = {p: iv([getattr(x, p) for x in laws_b], getattr(est, p)) for p in ("E", "A", "alpha", "d0")}
         if form.transfer:
             entry["transfer"] = {
                 j: {
@@ -114,6 +131,11 @@ def _summarize(laws: Laws, samples: dict[str, np.ndarray], cfg: FitConfig) -> di
                 }
                 for j in others
             }
+        if form.interference:
+            entry["interference"] = {
+                j: iv([x.interference[j] for x in laws_b], est.interference[j]) for j in others
+            }
+            entry["dbar"] = iv([x.dbar for x in laws_b], est.dbar)
         if form.repetition:
             entry["r_star"] = iv([x.r_star for x in laws_b], est.r_star)
         intervals[d] = entry

@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from voxmix.formats.runlog import RunLogError, RunLogWriter, find_runlogs, read_runlog
+from voxmix.formats.runlog import RunLogError, RunLogWriter, find_runlogs, read_runlog, read_state
 
 
 def _write(tmp_path, lines, end="\n"):
@@ -48,6 +48,30 @@ def test_writer_roundtrip_and_append(tmp_path):
     assert len((tmp_path / "runlog.jsonl").read_text().splitlines()) == 4
 
 
+def test_loss_se_roundtrip_optional_and_ignored_by_read_state(tmp_path):
+    w = RunLogWriter(tmp_path)
+    w.start(
+        run_id="a", domains=["ct", "mri"], mixture={"ct": 1}, budget_samples=10, unique_samples={}, seed=0
+    )
+    w.eval(step=1, samples_seen={"ct": 4}, loss={"ct": 0.5, "mri": 0.9}, loss_se={"ct": 0.01, "mri": 0.0})
+    w.eval(step=2, samples_seen={"ct": 8}, loss={"ct": 0.4}, loss_se={})  # empty: the field is left out
+    w.eval(step=3, samples_seen={"ct": 9}, loss={"ct": 0.3})  # an old-style event, without it
+    lines = [json.loads(x) for x in (tmp_path / "runlog.jsonl").read_text().splitlines()]
+    assert lines[1]["loss_se"] == {"ct": 0.01, "mri": 0.0} and "loss_se" not in lines[2]
+    run = read_runlog(tmp_path)
+    assert [e.loss_se for e in run.evals] == [{"ct": 0.01, "mri": 0.0}, {}, {}]
+    for bad in ({"ct": math.nan}, {"ct": -0.1}, {"pet": 0.1}):
+        with pytest.raises(ValueError, match="loss_se"):
+            w.eval(step=4, samples_seen={}, loss={"ct": 0.3}, loss_se=bad)
+    # read_state stays lenient: a loss_se the strict reader rejects does not disturb resuming.
+    with open(tmp_path / "runlog.jsonl", "a") as f:
+        f.write(json.dumps({**EVAL, "step": 5, "loss_se": {"ct": "x", "pet": -1}}) + "\n")
+    st = read_state(tmp_path)
+    assert st.last_eval_step == 5 and st.last_loss == EVAL["loss"] and st.status == "running"
+    with pytest.raises(RunLogError, match=r":5: field 'loss_se.ct': expected a number"):
+        read_runlog(tmp_path)
+
+
 def test_writer_refuses_nan_loss(tmp_path):
     w = RunLogWriter(tmp_path)
     with pytest.raises(ValueError, match="non-finite"):
@@ -80,6 +104,16 @@ def test_malformed_line_in_the_middle_is_an_error_naming_the_line(tmp_path):
         (lambda s, e: e["loss"].update(ct=-0.1), r":2: field 'loss.ct': expected a positive value"),
         (lambda s, e: e.pop("loss"), r":2: 'eval' event is missing field 'loss'"),
         (lambda s, e: s.update(budget_samples=-5), r":1: field 'budget_samples'"),
+        (lambda s, e: e.update(loss_se={"pet": 0.01}), r":2: field 'loss_se.pet': unknown domain 'pet'"),
+        (lambda s, e: e.update(loss_se={"ct": float("inf")}), r":2: field 'loss_se.ct': value is inf"),
+        (lambda s, e: e.update(loss_se={"ct": float("nan")}), r":2: field 'loss_se.ct': value is nan"),
+        (lambda s, e: e.update(loss_se={"ct": -1e-3}), r":2: field 'loss_se.ct': expected a non-negative"),
+        (lambda s, e: e.update(loss_se={"ct": None}), r":2: field 'loss_se.ct': expected a number"),
+        (lambda s, e: e.update(loss_se=[0.01]), r":2: field 'loss_se' of 'eval' event has the wrong type"),
+        (
+            lambda s, e: (e["loss"].pop("mri"), e.update(loss_se={"mri": 0.01})),
+            r":2: field 'loss_se.mri': no 'loss' for domain 'mri'",
+        ),
     ],
 )
 def test_bad_fields_are_named(tmp_path, mutate, match):

@@ -10,19 +10,33 @@ from voxmix.lawfit.lawsfile import Laws
 T = TransferTerm
 
 
-@pytest.fixture
-def laws3():
+TRANSFER3 = {
+    "a": TargetLaw("a", 0.3, 6.0, 0.35, {"b": T(0.5, 0.9), "c": T(0.0, 1.0)}),
+    "b": TargetLaw("b", 0.4, 8.0, 0.40, {"a": T(0.7, 0.95), "c": T(0.1, 1.0)}),
+    "c": TargetLaw("c", 0.5, 4.0, 0.30, {"a": T(0.0, 1.0), "b": T(0.0, 1.0)}),
+}
+# The interference form: b's data helps a at first and competes as its share grows (rho > 0), a's data
+# lowers b's loss beyond transfer (rho < 0); d0 per target.
+INTERFERENCE3 = {
+    "a": TargetLaw("a", 0.3, 6.0, 0.35, {"b": T(0.5, 1.0)}, d0=200.0, interference={"b": 0.2, "c": 0.1}, dbar=4e4),
+    "b": TargetLaw("b", 0.4, 8.0, 0.40, {"a": T(0.7, 1.0)}, d0=80.0, interference={"a": -0.1, "c": 0.3}, dbar=2e4),
+    "c": TargetLaw("c", 0.5, 4.0, 0.30, {}, d0=300.0, interference={"a": 0.15, "b": 0.05}, dbar=6e4),
+}  # fmt: skip
+
+
+def _laws3(form: str) -> Laws:
     return Laws(
-        form="transfer",
+        form=form,
         domains=["a", "b", "c"],
-        targets={
-            "a": TargetLaw("a", 0.3, 6.0, 0.35, {"b": T(0.5, 0.9), "c": T(0.0, 1.0)}),
-            "b": TargetLaw("b", 0.4, 8.0, 0.40, {"a": T(0.7, 0.95), "c": T(0.1, 1.0)}),
-            "c": TargetLaw("c", 0.5, 4.0, 0.30, {"a": T(0.0, 1.0), "b": T(0.0, 1.0)}),
-        },
+        targets=TRANSFER3 if form == "transfer" else INTERFERENCE3,
         unique_samples={"a": 20000, "b": 5000, "c": 8000},
         seconds_per_sample={"a": 0.01, "b": 0.02, "c": 0.005},
     )
+
+
+@pytest.fixture
+def laws3():
+    return _laws3("transfer")
 
 
 def _grid_optimum(p, step=1000):
@@ -40,7 +54,9 @@ def _grid_optimum(p, step=1000):
 @pytest.mark.parametrize(
     "kw", [{}, {"max_epochs": 4.0}, {"min_share": 0.2}, {"weights": {"c": 3.0, "a": 0.5}}]
 )
-def test_allocation_equals_brute_force_grid(laws3, kw):
+@pytest.mark.parametrize("form", ["transfer", "interference"])
+def test_allocation_equals_brute_force_grid(form, kw):
+    laws3 = _laws3(form)
     budget = Budget(samples=100_000)
     alloc = allocate(laws3, budget, **kw)
     p = build_problem(laws3, budget, **kw)
@@ -51,7 +67,10 @@ def test_allocation_equals_brute_force_grid(laws3, kw):
     assert alloc["objective"]["kkt"]["satisfied"]
     assert sum(e["samples"] for e in alloc["domains"].values()) == 100_000
     assert sum(e["weight"] for e in alloc["domains"].values()) == pytest.approx(1.0, abs=1e-12)
-    for name, b in alloc["baselines"].items():  # the optimum is never worse than a baseline
+    for name, b in alloc["baselines"].items():  # the optimum is never worse than a feasible baseline
+        xb = np.array([b["domains"][d]["samples"] for d in laws3.domains]) / 100_000
+        if np.any(xb < p.lo - 1e-9) or np.any(xb > p.hi + 1e-9):
+            continue  # a baseline outside the floors/caps (e.g. proportional under --min-share) may be lower
         assert b["objective"] >= alloc["objective"]["value"] - 1e-9, name
         assert b["improvement"]["raw"] >= -1e-9
     validate_allocation(alloc, "alloc")

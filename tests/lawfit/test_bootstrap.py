@@ -9,8 +9,8 @@ from voxmix.lawfit.bootstrap import fitted_curves, noise_model, parametric_resam
 from voxmix.lawfit.dataset import Dataset, build_dataset, load_runs
 from voxmix.lawfit.errors import LawfitError
 from voxmix.lawfit.fit import FitConfig, _objective, _problem, fit_forms, fit_target
+from voxmix.lawfit.forms import FORMS
 from voxmix.lawfit.intervals import bias_corrected_interval, interval, percentile_interval
-from voxmix.lawfit.laws import FORMS
 from voxmix.lawfit.simulate import default_design, random_laws, simulate_runs
 
 
@@ -154,7 +154,7 @@ def test_resamples_keep_the_design_and_the_missing_points():
     ds.y[3, 1] = np.nan  # a point where one domain was not evaluated
     cfg = FitConfig(forms=("transfer",), bootstrap=0, workers=1, progress=False)
     ff = fit_forms(ds, cfg)[0]["transfer"]
-    logfit, resid, jacs = fitted_curves(ds, ff, cfg.d0)
+    logfit, resid, jacs = fitted_curves(ds, ff)
     assert np.isnan(resid[3, 1]) and [J.shape[0] for J in jacs] == [
         len(ds.target_points(i)) for i in range(3)
     ]
@@ -177,7 +177,7 @@ def test_a_warm_started_refit_reaches_the_cold_fits_optimum():
     truth, ds = _small_study()
     cfg = FitConfig(forms=("transfer",), bootstrap=0, workers=1, progress=False)
     ff = fit_forms(ds, cfg)[0]["transfer"]
-    logfit = fitted_curves(ds, ff, cfg.d0)[0]
+    logfit = fitted_curves(ds, ff)[0]
     fresh = parametric_resample(ds, logfit, np.full(3, 0.01), np.full(3, 0.005), np.random.default_rng(1))
     form = FORMS["transfer"]
     for i, d in enumerate(ds.domains):
@@ -187,7 +187,7 @@ def test_a_warm_started_refit_reaches_the_cold_fits_optimum():
         assert warm.law.alpha == pytest.approx(cold.law.alpha, rel=1e-3), d
         assert warm.law.E == pytest.approx(cold.law.E, rel=1e-3), d
         # and the start was not already the optimum: the refit moved
-        start = _objective(ff.targets[d].theta, form, _problem(fresh, i), cfg.huber_delta, cfg.d0, warm.ref)[
+        start = _objective(ff.targets[d].theta, form, _problem(fresh, i), cfg.huber_delta, warm.ref)[
             0
         ]
         assert start > warm.objective * (1 + 1e-4), d

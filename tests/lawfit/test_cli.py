@@ -77,38 +77,6 @@ def test_fit_allocate_report_validate(workdir):
     assert "pearson r" in r.stdout and json.loads((workdir / "val.json").read_text())["overall"]["n"] > 0
 
 
-def test_plan(workdir):
-    r = lawfit(
-        "plan",
-        "--domains",
-        "ct",
-        "mri",
-        "pet",
-        "--unique",
-        "ct=1000",
-        "mri=500",
-        "pet=200",
-        "--target-budget",
-        100000,
-        "--pilot-fraction",
-        0.1,
-        "-o",
-        "plan.json",
-        cwd=workdir,
-    )
-    plan = json.loads((workdir / "plan.json").read_text())
-    assert plan["format"] == "voxmix.plan/1"
-    assert plan["pilot_samples"] <= 10000
-    roles = [x["role"] for x in plan["runs"]]
-    assert roles.count("fit") == 5 and roles.count("validate") == 2
-    single = [x for x in plan["runs"] if x["run_id"] == "pilot-ct"][0]
-    assert single["mixture"] == {"ct": 1.0, "mri": 0.0, "pet": 0.0}
-    assert single["eval_at"][-1] == single["budget_samples"] and single["eval_at"] == sorted(
-        set(single["eval_at"])
-    )
-    assert "pilot-ct" in r.stdout
-
-
 @pytest.mark.parametrize(
     "args, match",
     [
@@ -125,10 +93,6 @@ def test_plan(workdir):
             "missing.json: file not found",
         ),
         (["fit", "nope/", "-o", "x.json"], "no such run directory"),
-        (
-            ["plan", "--domains", "a", "--unique", "b=3", "--target-budget", "10", "-o", "p.json"],
-            "no unique-sample",
-        ),
         (
             [
                 "simulate",

@@ -23,9 +23,17 @@ def test_fit_recovers_the_truth(truth, fitted):
 
 def test_form_selection_prefers_transfer_by_held_out_error(fitted):
     cv = fitted.fit["selection"]["cv_rmse_log"]
-    assert set(cv) == {"no_transfer", "transfer"}  # no repetition in the data: not a candidate
+    # no repetition in the data: not a candidate
+    assert set(cv) == {"no_transfer", "transfer", "interference"}
     assert cv["transfer"] < cv["no_transfer"]
     assert any("repetition" in n for n in fitted.fit["notes"])
+    sel = fitted.fit["selection"]
+    # The folds hold out mixtures only: every single-domain pilot stays in training.
+    held = {fitted.fit["data"]["run_ids"][r] for fold in sel["folds"] for r in fold}
+    assert held and not any(r.startswith("pilot-") and "mix" not in r for r in held), held
+    mg = sel["margin"]
+    assert mg["value"] == pytest.approx(cv[mg["runner_up"]] - cv["transfer"], rel=1e-9)
+    assert mg["interval"][0] <= mg["value"] <= mg["interval"][1]
 
 
 def test_bootstrap_intervals_bracket_the_resampled_laws(fitted):

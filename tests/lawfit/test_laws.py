@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 from scipy.optimize import approx_fprime
 
-from voxmix.lawfit.laws import FORMS, TargetLaw, TransferTerm, effective_data, law_value_grad
+from voxmix.lawfit.forms import FORMS
+from voxmix.lawfit.laws import TargetLaw, TransferTerm, effective_data, law_value_grad
 
 DOMS = ["a", "b", "c"]
 LAW = TargetLaw(
@@ -12,6 +13,9 @@ LAW = TargetLaw(
     alpha=0.35,
     transfer={"a": TransferTerm(0.4, 0.9), "c": TransferTerm(0.1, 1.1)},
     r_star=4.0,
+    d0=150.0,
+    interference={"a": 0.3, "c": -0.2},
+    dbar=2000.0,
 )
 
 
@@ -55,6 +59,21 @@ def test_closed_form_of_the_transfer_law():
     law = TargetLaw("b", E=0.3, A=5.0, alpha=0.35, transfer={"a": TransferTerm(0.4, 0.9)})
     expected = 0.3 + 5.0 * (1.0 + 400.0 + 0.4 * 100.0**0.9) ** -0.35
     assert law_value_grad(law, DOMS, D)[0][0] == pytest.approx(expected, rel=1e-14)
+
+
+def test_closed_form_of_the_interference_law():
+    D = np.array([[100.0, 400.0, 250.0]])
+    law = TargetLaw(
+        "b", E=0.3, A=5.0, alpha=0.35, transfer={"a": TransferTerm(0.4, 1.0)}, d0=120.0,
+        interference={"a": 0.5, "c": -0.25}, dbar=900.0,
+    )  # fmt: skip
+    base = 0.3 + 5.0 * (120.0 + 400.0 + 0.4 * 100.0) ** -0.35
+    expected = base * np.exp((0.5 * 100.0 - 0.25 * 250.0) / (900.0 + 750.0))
+    assert law_value_grad(law, DOMS, D)[0][0] == pytest.approx(expected, rel=1e-14)
+    # Its own data never enters the interference numerator; a pure pilot of b sees none of it.
+    assert law_value_grad(law, DOMS, np.array([[0.0, 400.0, 0.0]]))[0][0] == pytest.approx(
+        0.3 + 5.0 * (120.0 + 400.0) ** -0.35, rel=1e-14
+    )
 
 
 def test_data_gradient_matches_finite_differences():

@@ -10,7 +10,15 @@ Transfer between domains is asymmetric by construction:
 - ct_chest shares body, fat and spine with the abdomen, plus lungs, heart and ribs of its own;
 - mri_brain (the MNI152 template, randomly deformed, when nilearn is installed) shares nothing;
 - pet_wholebody is low resolution with the abdomen's organs, brain, bladder and hot spots (lesions),
-  Poisson noise.
+  Poisson noise;
+- ct_abdomen_twin is drawn from exactly the generator and parameters of ct_abdomen, only its volumes
+  differ (the per-volume seed includes the domain name).
+Designed controls of the demo (pre-registered in docs/data.md, "Controls", before any result):
+- POSITIVE CONTROL: ct_abdomen_twin vs ct_abdomen. The two are one distribution, so a training sample of
+  either is worth about one sample of the other: a fitted exchange rate ~1 both ways. A method that
+  cannot recover this cannot be trusted on real domain pairs.
+- NEGATIVE CONTROL: mri_brain vs ct_abdomen. No shared anatomy (a brain against a trunk) and a different
+  modality: an exchange rate ~0 expected.
 Output: DIR/<domain>/<domain>_NNN.nii.gz, DIR/phantoms.jsonl (one line per volume: file, domain,
 modality, seed, lesion flag, labels file) and DIR/dataset.yaml, a spec for `python -m trainer.ingest`.
 `--labels` also writes the label maps (`*_labels.nii.gz`) for segmentation experiments.
@@ -245,6 +253,8 @@ DOMAINS: dict[str, tuple[str, tuple[float, float, float], Callable, float]] = {
     "mri_abdomen": ("MRI", (5.5, 5.5, 5.5), gen_mri_abdomen, 0.3),
     "pet_wholebody": ("PET", (8.0, 8.0, 16.0), gen_pet, 0.5),
 }
+# The positive control: the very entry of ct_abdomen (same generator, spacing and lesion rate).
+DOMAINS["ct_abdomen_twin"] = DOMAINS["ct_abdomen"]
 
 
 def generate(

@@ -107,17 +107,28 @@ class MetricsSink:
             f"{report['samples_per_s']:.1f} samples/s, data wait {100 * report['data_wait_frac']:.0f}%"
         )
 
-    def eval(self, *, step: int, position: int, loss: dict[str, float]) -> None:
-        """One `eval` event unless a previous attempt of the run logged this step already; a console line."""
+    def eval(
+        self, *, step: int, position: int, loss: dict[str, float], loss_se: dict[str, float] | None = None
+    ) -> None:
+        """One `eval` event unless a previous attempt of the run logged this step already; a console line.
+
+        `loss_se`: the standard error of each domain's loss over its evaluation crops (optional).
+        """
+        se = loss_se or {}
         if self.rank == 0 and step > self.last_logged_eval:
             if self.tb is not None:
                 for d, v in loss.items():
                     self.tb.add_scalar(f"eval_loss/{d}", v, position)
             self.writer.eval(
-                step=step, samples_seen=self.samples_seen(position), loss=loss, samples_total=position
+                step=step,
+                samples_seen=self.samples_seen(position),
+                loss=loss,
+                loss_se=loss_se,
+                samples_total=position,
             )
         self.log(
-            f"step {step} eval at {position} samples: " + ", ".join(f"{d} {v:.4f}" for d, v in loss.items())
+            f"step {step} eval at {position} samples: "
+            + ", ".join(f"{d} {v:.4f}" + (f" ±{se[d]:.4f}" if d in se else "") for d, v in loss.items())
         )
 
     def completed_run(self, step: int) -> None:

@@ -40,9 +40,18 @@ class Verdict(Enum):
 def check_budget(run: PlannedRun, state: RunState, log: str) -> None:
     """A folder that holds another budget's run is not this run: refuse it rather than mix the two."""
     if state.started and state.budget_samples != run.budget_samples:
+        hint = ""
+        if state.budget_samples is not None and 0 < state.budget_samples < run.budget_samples:
+            # The trainer rounds a budget down to whole optimizer steps; run_sweep refuses such plans
+            # before launching, but a plan run by another tool (or an older sweep) can still get here.
+            hint = (
+                " (if this run was started from this plan, the trainer rounded the budget down to whole "
+                "global batches, data.batch_size x GPUs x optim.grad_accum: plan again with "
+                "`lawfit plan --global-batch B`)"
+            )
         raise SweepError(
             f"{log}: budget_samples {state.budget_samples} differs from the plan's "
-            f"{run.budget_samples} for run {run.run_id!r}: remove the folder or use another --runs-dir"
+            f"{run.budget_samples} for run {run.run_id!r}: remove the folder or use another --runs-dir" + hint
         )
 
 

@@ -70,3 +70,13 @@ def test_settle(returncode, status, attempts, retries, verdict):
 def test_settle_refuses_a_log_of_another_budget():
     with pytest.raises(SweepError, match="budget_samples 8"):
         settle(0, RUN, _state("completed", budget=8), attempts=1, retries=1, log="x")
+
+
+def test_a_budget_rounded_down_by_the_trainer_is_explained():
+    # The trainer trains whole global batches: a plan's 100 at batch 8 logs 96. The refusal says why.
+    run = PlannedRun(run_id="p", role="fit", mixture={"a": 1.0}, budget_samples=100, eval_at=[100], seed=0)
+    with pytest.raises(SweepError, match=r"budget_samples 96 differs .* 100 .*--global-batch B"):
+        decide(run, _state("completed", budget=96), has_checkpoint=False)
+    with pytest.raises(SweepError) as err:  # a larger logged budget is another run's, not a rounding
+        decide(RUN, _state("completed", budget=200), has_checkpoint=False)
+    assert "--global-batch" not in str(err.value)
