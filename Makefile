@@ -16,7 +16,7 @@ LOCK ?= configs/lock.txt
 LOCK_USED := $(if $(LOCK),$(if $(HAS_GPU),$(VENV)/lock-gpu.txt,$(LOCK)))
 PIP_C := $(if $(LOCK_USED),-c $(LOCK_USED))
 
-.PHONY: setup test demo demo-full lint format bench lock versions clean
+.PHONY: setup test demo demo-full study lint format bench lock versions clean
 
 setup: $(STAMP)
 
@@ -42,15 +42,27 @@ lock:
 	PYTHON=$(PYTHON) TORCH_VERSION=$(TORCH_VERSION) TORCH_PIP_ARGS="$(TORCH_PIP_ARGS)" LOCK=$(or $(LOCK),configs/lock.txt) \
 	  bash scripts/lock.sh
 
+# 5 phantom domains (incl. the positive control ct_abdomen_twin), 18 pilots of 2400 samples (pairs design),
+# finals at 4x the largest pilot, proportional and law-optimal, 3 seeds each: made to fit 15 min on 2
+# cores (the estimate is next to DEMO_PILOT_SAMPLES in trainer/study/options.py).
 demo: setup
 	$(PY) scripts/demo.py
 
-# The demo, then the full downstream protocol (5 seeds, scratch control): about 6 more minutes on 2 cores.
+# The demo, then the full downstream protocol (5 seeds, scratch control) on the seed-0 encoders: about 6
+# more minutes on 2 cores.
 demo-full: setup
 	$(PY) scripts/demo.py --downstream no
-	$(PY) -m trainer.compare_encoders demo/final/final-proportional/encoder.pt \
-	  demo/final/final-transfer_aware/encoder.pt --names proportional,transfer_aware --config cpu_full \
+	$(PY) -m trainer.compare_encoders demo/final/final-proportional-s0/encoder.pt \
+	  demo/final/final-transfer_aware-s0/encoder.pt --names proportional,transfer_aware --config cpu_full \
 	  --seeds 5 --scratch --phantoms demo/downstream --out demo/downstream/comparison_full.json
+
+# The same loop at a larger scale, wanted within 60 min on 2 cores (not measured yet; estimated ~35-40 min
+# with the demo's rates: 24 pilots ~8 min, fit ~5 min, 30 final runs at 2x/4x/8x ~23 min): + mri_abdomen
+# (6 domains: 6 + 15 fitted pilots + 3 held out), 5 seeds per allocation, unseen budgets at 2x, 4x and 8x
+# the largest pilot. Output in study/.
+STUDY_DOMAINS := ct_abdomen ct_abdomen_twin ct_chest mri_abdomen mri_brain pet_wholebody
+study: setup
+	$(PY) scripts/demo.py --out study --domains $(STUDY_DOMAINS) --final-seeds 5 --scales 2,4,8 --downstream no
 
 lint: setup
 	$(VENV)/bin/ruff check .

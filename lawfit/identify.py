@@ -132,6 +132,11 @@ def identifiability(ds: Dataset, ff: FormFit) -> dict:
             fixes += [_run_fix("kappa", d, s) for s in srcs] or [_run_fix("alpha", d, None)]
         pts = ds.target_points(i)
         dp, df = _design_problems(ds, i, form, pts)
+        if len(pts) < 2 * len(tf.theta):
+            dp.append(
+                f"only {len(pts)} evaluation points for {len(tf.theta)} parameters (want >= 2 per parameter)"
+            )
+            df.append(f"more runs evaluating {d} (`lawfit plan --design pairs`) or more evaluations per run")
         probs += dp
         fixes += df
         out[d] = {

@@ -1,11 +1,14 @@
 """`make demo`: the whole voxmix study on phantoms, on a laptop CPU (docs/guide.md runs it on real data).
 
-phantoms -> ingest -> lawfit plan -> pilot sweep (real `deepspeed` launches) -> lawfit fit -> allocate
-(budget = 4x the largest pilot) -> two final runs, proportional and transfer-aware (same seed, same
-steps) -> table of predicted vs measured held-out loss, measured gain, r, hub/island class -> lawfit
-report figures + demo/report.md.
+phantoms (incl. a positive control, ct_abdomen_twin) -> ingest -> lawfit plan (pairs design) -> pilot
+sweep (real `deepspeed` launches) -> lawfit fit -> allocate (budget = 4x the largest pilot) -> final runs,
+proportional and law-optimal, 3 seeds each -> demo/report.md: measured gain with its 95% interval over
+seeds against the predicted gain and its bootstrap interval, r and MAPE on the unseen budget, transfer
+matrix with intervals, hub/island classes, the controls, law form and margin, identifiability, noise,
+time; lawfit report figures.
 
-    .venv/bin/python scripts/demo.py [--out demo] [--fresh] [--pilot-samples 3000] ...
+    .venv/bin/python scripts/demo.py [--out demo] [--fresh] [--pilot-samples 2400] [--final-seeds 3] ...
+    .venv/bin/python scripts/demo.py --out study --scales 2,4,8 ...   # several unseen budgets (make study)
 
 Each stage leaves a stamp in <out>/.stages/; a rerun skips finished stages (the sweep also skips finished
 runs), `--fresh` starts over. The numbers printed are the measured ones, whichever allocation wins.
@@ -22,19 +25,63 @@ from voxmix.formats.errors import FormatError
 from voxmix.lawfit.errors import LawfitError
 from voxmix.trainer.data.ingest import SpecError
 from voxmix.trainer.study.demo import run_demo
-from voxmix.trainer.study.options import DEMO_DOMAINS, REPO, DemoOptions, StudyError
+from voxmix.trainer.study.options import (
+    DEMO_DOMAINS,
+    DEMO_PER_DOMAIN,
+    DEMO_PILOT_SAMPLES,
+    EVAL_CROPS,
+    REPO,
+    DemoOptions,
+    StudyError,
+)
+
+
+def _scales(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default=str(REPO / "demo"), help="output folder (default demo/)")
     p.add_argument("--fresh", action="store_true", help="delete the output folder and start over")
-    p.add_argument("--domains", nargs="+", default=list(DEMO_DOMAINS), help="phantom domains (default: four)")
-    p.add_argument("--per-domain", type=int, default=16, help="phantom volumes per domain")
+    p.add_argument(
+        "--domains",
+        nargs="+",
+        default=list(DEMO_DOMAINS),
+        help=f"phantom domains (default: {' '.join(DEMO_DOMAINS)})",
+    )
+    p.add_argument(
+        "--per-domain",
+        type=int,
+        default=DEMO_PER_DOMAIN,
+        help=f"phantom volumes per domain (default {DEMO_PER_DOMAIN})",
+    )
     p.add_argument("--size", type=int, default=48, help="phantom grid side (voxels)")
     p.add_argument("--config", default="configs/tiny.yaml")
-    p.add_argument("--pilot-samples", type=int, default=6000, help="samples per pilot run (multiple of 8)")
-    p.add_argument("--scale", type=float, default=4.0, help="final budget = scale x the largest pilot")
+    p.add_argument(
+        "--pilot-samples",
+        type=int,
+        default=DEMO_PILOT_SAMPLES,
+        help=f"samples per pilot run (multiple of 8; default {DEMO_PILOT_SAMPLES}: the demo fits 15 min on 2 cores)",
+    )
+    p.add_argument(
+        "--scales",
+        type=_scales,
+        default=(4.0,),
+        help="final budgets = each scale x the largest pilot, comma-separated (default 4; e.g. 2,4,8)",
+    )
+    p.add_argument(
+        "--final-seeds", type=int, default=3, help="seeds per final allocation (>= 2 for an interval)"
+    )
+    p.add_argument(
+        "--eval-crops",
+        type=int,
+        default=EVAL_CROPS,
+        help=f"held-out crops per domain and evaluation (default {EVAL_CROPS})",
+    )
     p.add_argument("--evals", type=int, default=8, help="evaluation points per pilot run")
     p.add_argument(
         "--min-eval", type=int, default=400, help="first pilot evaluation (samples); 0: the plan's"
@@ -76,7 +123,9 @@ def options_from_args(a: argparse.Namespace) -> DemoOptions:
         size=a.size,
         config=Path(a.config),
         pilot_samples=a.pilot_samples,
-        scale=a.scale,
+        scales=a.scales,
+        final_seeds=a.final_seeds,
+        eval_crops=a.eval_crops,
         evals=a.evals,
         min_eval=a.min_eval,
         final_evals=a.final_evals,

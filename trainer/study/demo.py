@@ -1,9 +1,10 @@
-"""The whole study on phantoms, as stages over the library (`make demo`, scripts/demo.py).
+"""The whole study on phantoms, as stages over the library (`make demo`, `make study`, scripts/demo.py).
 
-phantoms -> ingest -> pilot plan -> pilot sweep (real `deepspeed` launches) -> law fit -> allocation
-(budget = scale x the largest pilot) -> two final runs, proportional and transfer-aware (same seed, same
-steps) -> lawfit report -> table of predicted vs measured held-out loss (report.md) -> optional
-downstream fine-tuning of both encoders.
+phantoms -> ingest -> pilot plan (lawfit's pairs design) -> pilot sweep (real `deepspeed` launches) ->
+law fit -> allocation at each unseen budget (scale x the largest pilot) -> final runs, proportional and
+law-optimal ("transfer_aware"), several seeds each, one sweep -> lawfit report -> comparison.json and
+report.md (trainer/study/compare.py computes, trainer/study/report.py renders) -> optional downstream
+fine-tuning of both encoders.
 
 Stages hand over through files only (each read and written by its owner in voxmix.formats, or `Laws`
 for laws.json), so that a rerun can skip a finished stage: each leaves a stamp in <out>/.stages/.
@@ -19,7 +20,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +30,9 @@ from voxmix.formats.io import atomic_write_json, atomic_write_text
 from voxmix.formats.manifest import read_manifest
 from voxmix.formats.plan import Plan, PlannedRun, parse_plan, read_plan, write_plan
 
-from .compare import FINALS, compare, table
+from .compare import FINALS, FinalBudget, compare, final_budgets
 from .options import REPO, DemoOptions, StudyError, SweepOptions
+from .report import render, summary
 from .sweep import run_sweep
 
 
@@ -66,6 +68,16 @@ class Stages:
         took = f"{time.monotonic() - t:.1f} s"
         atomic_write_text(stamp, took + "\n")
         self.clock.say(f"{name}: finished in {took}")
+
+    def times(self) -> dict[str, float | None]:
+        """Seconds each finished stage took (its stamp; across reruns), None where a stamp is unreadable."""
+        out: dict[str, float | None] = {}
+        for f in sorted(self.dir.glob("*.done"), key=lambda f: f.stat().st_mtime):
+            try:
+                out[f.stem] = float(f.read_text().split()[0])
+            except (ValueError, IndexError):
+                out[f.stem] = None
+        return out
 
 
 @dataclass(frozen=True)
@@ -105,9 +117,21 @@ def _quiet() -> Iterator[None]:
         raise
 
 
-def log_points(first: float, last: int, n: int) -> list[int]:
-    """n log-spaced integer sample counts from `first` to `last` (fewer where they round together)."""
-    return np.unique(np.round(np.geomspace(first, last, n)).astype(int)).tolist()
+def log_points(first: float, last: int, n: int, batch: int = 1) -> list[int]:
+    """n log-spaced sample counts from `first` to `last`, whole multiples of `batch` (the trainer counts
+    samples in global batches), `last` always included; fewer where they round together."""
+    pts = np.round(np.geomspace(first, last, n) / batch).astype(int) * batch
+    return sorted({int(x) for x in np.clip(pts, batch, last)} | {int(last)})
+
+
+def global_batch(o: DemoOptions) -> int:
+    """Samples per optimizer step of one run: the preset's batch x one process (one GPU or CPU group)."""
+    from voxmix.trainer.pretrain.config import ConfigError, load_config
+
+    try:
+        return load_config(o.config_path, list(o.trainer_overrides)).data.batch_size
+    except ConfigError as err:
+        raise StudyError(f"--config: {err}") from None
 
 
 # ---- stages ------------------------------------------------------------------------------------------
@@ -143,35 +167,39 @@ def train_counts(manifest: Path) -> dict[str, int]:
     return {d: len(m.select(domain=d, split="train")) for d in m.domains()}
 
 
-def pilot_plan(o: DemoOptions, unique: dict[str, int]) -> Plan:
-    """`lawfit plan`'s design with every pilot at `o.pilot_samples` samples (pure)."""
+def pilot_plan(o: DemoOptions, unique: dict[str, int], batch: int) -> Plan:
+    """`lawfit plan`'s pairs design with every pilot at exactly `o.pilot_samples` samples (pure).
+
+    Every single domain and every pair of domains are fitted (a pair's transfer is then seen in both
+    directions, which the controls need), plus held-out mixtures; the target is the largest final budget.
+    """
     from voxmix.lawfit.plan import make_plan
 
     doms = sorted(unique)
-    n_runs = len(unique) + max(2, len(unique) // 2) + 2  # lawfit plan's design (docs/lawfit.md)
-    # make_plan splits pilot_fraction x target over its runs and caps the fraction at 1: plan the target
-    # n_runs x pilot so that each pilot gets exactly pilot_samples; the final budget is set later.
-    target = n_runs * o.pilot_samples
-    plan = parse_plan(
-        make_plan(doms, {d: unique[d] for d in doms}, target, 1.0, n_evals=o.evals, seed=o.seed)
+    target = max(final_budgets(o.scales, o.pilot_samples, batch), key=lambda b: b.samples).samples
+    plan = make_plan(
+        doms,
+        {d: unique[d] for d in doms},
+        target,
+        1.0,
+        design="pairs",
+        global_batch=batch,
+        pilot_samples=o.pilot_samples,
+        # The first tens of optimizer steps are the MAE loss's plateau near 1 (warm-up), not the power law;
+        # pilots shorter than that (tests) start at their budget.
+        first_eval=min(o.min_eval, o.pilot_samples) or None,
+        n_evals=o.evals,
+        seed=o.seed,
     )
-    if not o.min_eval:
-        return plan
-    # The first tens of optimizer steps are the MAE loss's plateau near 1 (warm-up), not the power law:
-    # evaluate each pilot from min_eval samples on, at as many log-spaced points as planned.
-    runs = [
-        replace(r, eval_at=log_points(min(o.min_eval, r.budget_samples), r.budget_samples, o.evals))
-        for r in plan.runs
-    ]
-    return replace(plan, runs=runs)
+    return parse_plan(plan)
 
 
 def write_pilot_plan(o: DemoOptions, p: DemoPaths) -> None:
-    plan = pilot_plan(o, train_counts(p.manifest))
+    plan = pilot_plan(o, train_counts(p.manifest), global_batch(o))
     write_plan(p.file("plan.json"), plan)
     print(f"wrote {p.file('plan.json')}: {len(plan.runs)} runs")
     for r in plan.runs:
-        print(f"  {r.run_id:<24} {r.role:<9} {r.budget_samples:>9} samples, {len(r.eval_at)} evals")
+        print(f"  {r.run_id:<32} {r.role:<9} {r.budget_samples:>9} samples, {len(r.eval_at)} evals")
     for w in plan.extra.get("warnings", []):
         print(f"lawfit: warning: {w}", file=sys.stderr)
 
@@ -214,95 +242,107 @@ def fit_pilots(o: DemoOptions, p: DemoPaths, fit_dirs: list[Path]) -> None:
         print(f"  {d}: E={t.E:.4g} A={t.A:.4g} alpha={t.alpha:.3f} rmse(log)={rm:.4f}")
 
 
-def allocate_budget(o: DemoOptions, p: DemoPaths, budget: int) -> None:
-    """`lawfit allocate laws.json --budget-samples B --seed S`, in process."""
+def allocate_budget(o: DemoOptions, p: DemoPaths, fb: FinalBudget) -> None:
+    """`lawfit allocate laws.json --budget-samples B --seed S`, in process; and the proportional baseline
+    as an allocation file of its own (allocation_proportional*.json), so that it is trained like the other."""
     from voxmix.lawfit.allocate import Budget, allocate
     from voxmix.lawfit.lawsfile import Laws
 
-    alloc = allocate(Laws.load(p.file("laws.json")), Budget(samples=budget), weights={}, seed=o.seed)
-    write_allocation(p.file("allocation.json"), alloc)
-    print(f"wrote {p.file('allocation.json')}: {alloc['budget']['samples']} samples")
+    alloc = allocate(Laws.load(p.file("laws.json")), Budget(samples=fb.samples), weights={}, seed=o.seed)
+    write_allocation(p.file(fb.allocation), alloc)
+    prop = {d: int(e["samples"]) for d, e in alloc["baselines"]["proportional"]["domains"].items()}
+    total, doms = sum(prop.values()), sorted(prop)
+    baseline = Allocation(domains=doms, weights={d: prop[d] / total for d in doms}, samples=prop, total=total)
+    write_allocation(p.file(fb.allocation_proportional), baseline)
+    print(
+        f"wrote {p.file(fb.allocation)}: {alloc['budget']['samples']} samples ({fb.scale:g}x the largest pilot)"
+    )
     for d, e in alloc["domains"].items():
-        print(
-            f"  {d:<20} share {e['weight']:.4f}  samples {e['samples']:>10}  hub class {alloc['hubs']['class'][d]}"
-        )
+        print(f"  {d:<20} share {e['weight']:.4f}  samples {e['samples']:>10}  (proportional {prop[d]:>10})")
     for name, b in alloc["baselines"].items():
         im = b["improvement"]
-        print(
-            f"  vs {name:<20} improvement {100 * im['raw']:+.2f}% raw, {100 * im['reducible']:+.2f}% reducible"
+        iv = im.get("raw_interval")
+        ivs = f" [{100 * iv[0]:+.2f}%, {100 * iv[1]:+.2f}%]" if iv else ""
+        print(f"  vs {name:<20} predicted improvement {100 * im['raw']:+.2f}%{ivs} raw")
+
+
+def final_plan(
+    allocs: dict[FinalBudget, dict[str, dict[str, int]]],
+    pilot: int,
+    seeds: list[int],
+    n_evals: int,
+    batch: int,
+) -> Plan:
+    """Every final run in one plan (pure): per budget, per seed, each allocation (so that a sweep cut
+    short leaves whole pairs). A pair shares the budget, the seed and the evaluation points, all beyond
+    the largest pilot."""
+    runs = []
+    for fb, named in allocs.items():
+        for seed in seeds:
+            for name, counts in named.items():
+                budget = sum(counts.values())
+                runs.append(
+                    PlannedRun(
+                        run_id=fb.run_id(name, seed),
+                        role="final",
+                        # samples / budget reproduces the integer counts exactly under largest-remainder
+                        # rounding (the trainer's)
+                        mixture={d: n / budget for d, n in counts.items()},
+                        budget_samples=budget,
+                        eval_at=log_points(1.25 * pilot, budget, n_evals, batch),
+                        seed=seed,
+                    )
+                )
+    doms = sorted(next(iter(next(iter(allocs.values())).values())))
+    return Plan(domains=doms, runs=runs, extra={"warnings": []})
+
+
+def final_runs(o: DemoOptions, p: DemoPaths, pilot_max: int, budgets: list[FinalBudget]) -> None:
+    allocs = {
+        fb: dict(
+            zip(
+                FINALS,
+                (read_allocation(p.file(f)).samples for f in (fb.allocation_proportional, fb.allocation)),
+            )
         )
-
-
-def final_plan(allocs: dict[str, dict[str, int]], pilot: int, seed: int, n_evals: int) -> Plan:
-    """Both final runs in one plan: same budget, seed and evaluation points (all beyond the pilots; pure)."""
-    budget = sum(next(iter(allocs.values())).values())
-    pts = log_points(1.25 * pilot, budget, n_evals)
-    runs = [
-        PlannedRun(
-            run_id=f"final-{name}",
-            role="final",
-            # samples / budget reproduces the integer counts exactly under largest-remainder rounding
-            mixture={d: n / budget for d, n in s.items()},
-            budget_samples=budget,
-            eval_at=pts,
-            seed=seed,
-        )
-        for name, s in allocs.items()
-    ]
-    return Plan(domains=sorted(next(iter(allocs.values()))), runs=runs, extra={"warnings": []})
-
-
-def final_runs(o: DemoOptions, p: DemoPaths, pilot_max: int) -> None:
-    alloc = read_allocation(p.file("allocation.json"))
-    prop = {d: int(e["samples"]) for d, e in alloc.extra["baselines"]["proportional"]["domains"].items()}
-    total = sum(prop.values())
-    # The proportional baseline as an allocation file of its own, so that it can be trained like the other.
-    doms = sorted(prop)
-    weights = {d: prop[d] / total for d in doms}
-    baseline = Allocation(domains=doms, weights=weights, samples={d: prop[d] for d in doms}, total=total)
-    write_allocation(p.file("allocation_proportional.json"), baseline)
-    allocs = dict(zip(FINALS, (prop, alloc.samples)))
-    write_plan(p.file("final_plan.json"), final_plan(allocs, pilot_max, o.seed, o.final_evals))
+        for fb in budgets
+    }
+    plan = final_plan(allocs, pilot_max, final_seeds(o), o.final_evals, global_batch(o))
+    write_plan(p.file("final_plan.json"), plan)
     sweep(o, p, p.file("final_plan.json"), p.final)
 
 
-def lawfit_report(p: DemoPaths) -> None:
+def final_seeds(o: DemoOptions) -> list[int]:
+    return list(range(o.seed, o.seed + o.final_seeds))
+
+
+def lawfit_report(p: DemoPaths, top: FinalBudget) -> None:
     from voxmix.lawfit.lawsfile import Laws
     from voxmix.lawfit.report import write_report
 
     with _quiet():
-        alloc = read_allocation(p.file("allocation.json")).to_json()
+        alloc = read_allocation(p.file(top.allocation)).to_json()
         write_report(Laws.load(p.file("laws.json")), alloc, p.file("report"))
 
 
-def final_budget(o: DemoOptions, pilot_max: int) -> int:
-    return int(round(o.scale * pilot_max / 8)) * 8  # whole global batches of the tiny preset
-
-
-def write_result(o: DemoOptions, p: DemoPaths, plan: Plan, budget: int) -> str:
-    """comparison.json and report.md from the final runs; returns the table printed at the end."""
-    res = compare(p.out)
-    atomic_write_json(p.file("comparison.json"), res)
-    text = table(res)
-    n_fit = sum(r.role == "fit" for r in plan.runs)
+def write_result(o: DemoOptions, p: DemoPaths, st: Stages, plan: Plan, budgets: list[FinalBudget]) -> str:
+    """comparison.json and report.md from the final runs; returns the summary printed at the end."""
     pilot_max = max(r.budget_samples for r in plan.runs)
-    md = [
-        "# voxmix demo: transfer-aware vs proportional allocation (phantoms, tiny model, CPU)\n",
-        f"Pilots: {len(plan.runs)} runs of {pilot_max} samples ({n_fit} fitted, the rest held "
-        f"out); final budget {budget} samples ({o.scale:g}x the largest pilot), both final runs with seed "
-        f"{o.seed} and the same number of steps. Losses: mean normalized-pixel MAE loss on each domain's fixed "
-        "held-out crops. Gain = (proportional - transfer-aware) / proportional; reducible: divided by "
-        "(proportional - E) with E the fitted irreducible loss.\n",
-        text,
-        "Figures and the laws' own report: [report/report.md](report/report.md). Data: `comparison.json`, "
-        "`laws.json`, `allocation.json`, run logs in `runs/` and `final/`.\n",
-    ]
-    atomic_write_text(p.file("report.md"), "\n".join(md))
-    return text
+    res = compare(p.out, budgets, final_seeds(o), pilot_max)
+    res["pilots"] = {
+        "runs": len(plan.runs),
+        "fit": sum(r.role == "fit" for r in plan.runs),
+        "samples": sorted({r.budget_samples for r in plan.runs}),
+        "design": plan.extra.get("design"),
+    }
+    res["timing"] = {"stages": st.times(), "this_invocation_s": st.clock.elapsed()}
+    atomic_write_json(p.file("comparison.json"), res)
+    atomic_write_text(p.file("report.md"), render(res))
+    return summary(res)
 
 
-def downstream_command(o: DemoOptions, p: DemoPaths) -> list[str]:
-    encs = [str(p.final / f"final-{n}" / "encoder.pt") for n in FINALS]
+def downstream_command(o: DemoOptions, p: DemoPaths, top: FinalBudget) -> list[str]:
+    encs = [str(p.final / top.run_id(n, o.seed) / "encoder.pt") for n in FINALS]
     return [sys.executable, "-m", "trainer.compare_encoders", *encs, "--names", ",".join(FINALS), "--quick",
             "--scratch",  # the control: a random encoder of the same architecture
             "--seeds", str(o.downstream_seeds), "--phantoms", str(p.out / "downstream"),
@@ -315,13 +355,13 @@ def _run_command(cmd: list[str]) -> None:
         raise StudyError(f"step failed (exit {res.returncode}): {' '.join(cmd)}")
 
 
-def downstream(o: DemoOptions, p: DemoPaths, st: Stages) -> None:
+def downstream(o: DemoOptions, p: DemoPaths, st: Stages, top: FinalBudget) -> None:
     """Fine-tune both final encoders (the quick protocol, ~1 min) when it exists and time allows.
 
     A command of its own (`python -m trainer.compare_encoders`): the demo prints it when it skips the
     step, and `make demo-full` runs its full protocol.
     """
-    cmd = downstream_command(o, p)
+    cmd = downstream_command(o, p, top)
     spent = st.clock.elapsed()
     if not (REPO / "trainer" / "compare_encoders.py").exists():
         st.clock.say(
@@ -352,7 +392,8 @@ def run_demo(o: DemoOptions) -> int:
     p.out.mkdir(parents=True, exist_ok=True)
     st = Stages(p.out, clock)
     clock.say(
-        f"output in {p.out}; {len(o.domains)} domains, pilots of {o.pilot_samples} samples, final x{o.scale:g}"
+        f"output in {p.out}; {len(o.domains)} domains, pilots of {o.pilot_samples} samples, finals at "
+        f"{', '.join(f'{x:g}x' for x in o.scales)} with {o.final_seeds} seed(s) each"
     )
     st.run("phantoms", lambda: make_phantoms(o, p))
     st.run("ingest", lambda: ingest_phantoms(o, p))
@@ -360,14 +401,15 @@ def run_demo(o: DemoOptions) -> int:
     st.run("pilots", lambda: sweep(o, p, p.file("plan.json"), p.runs))
     plan = read_plan(p.file("plan.json"))
     pilot_max = max(r.budget_samples for r in plan.runs)
-    budget = final_budget(o, pilot_max)
+    budgets = final_budgets(o.scales, pilot_max, global_batch(o))
+    top = budgets[-1]  # scales are sorted: the transfer matrix, figures and encoders at the largest
     st.run("fit", lambda: fit_pilots(o, p, [p.runs / r.run_id for r in plan.runs if r.role == "fit"]))
-    st.run("allocate", lambda: allocate_budget(o, p, budget))
-    st.run("final_runs", lambda: final_runs(o, p, pilot_max))
+    st.run("allocate", lambda: [allocate_budget(o, p, fb) for fb in budgets])
+    st.run("final_runs", lambda: final_runs(o, p, pilot_max, budgets))
     if o.report:
-        st.run("report", lambda: lawfit_report(p))
-    text = write_result(o, p, plan, budget)
+        st.run("report", lambda: lawfit_report(p, top))
+    text = write_result(o, p, st, plan, budgets)
     print("\n" + text)
     clock.say(f"wrote {p.file('report.md')}")
-    downstream(o, p, st)
+    downstream(o, p, st, top)
     return 0

@@ -13,7 +13,24 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 LAUNCHERS = ("local", "slurm")
 DOWNSTREAM = ("auto", "yes", "no")
-DEMO_DOMAINS = ("ct_abdomen", "ct_chest", "mri_brain", "pet_wholebody")
+# ct_abdomen_twin: the positive control (same generator as ct_abdomen); mri_brain vs ct_abdomen: the
+# negative one (no shared anatomy). trainer/study/compare.py states the rules both are judged by.
+DEMO_DOMAINS = ("ct_abdomen", "ct_abdomen_twin", "ct_chest", "mri_brain", "pet_wholebody")
+# Held-out crops per domain in every evaluation (the trainer's eval.crops_per_domain; its preset has 8).
+# More crops lower the evaluation noise that the law fit and the seed comparison see, at a cost of one
+# forward pass per crop and evaluation. Measured on the demo's phantoms (a 750-step model, 1 thread):
+# se/loss 3-6% at 8 crops, 1.0-2.7% at 64, 0.75-1.9% at 128 (0.6 s per evaluation of 4 domains); 128
+# reaches ~1% except ct_chest, whose few validation volumes differ (hence 24 volumes per domain).
+EVAL_CROPS = 128
+DEMO_PER_DOMAIN = 24
+# Samples per pilot, chosen so that `make demo` fits 15 min on 2 cores. Estimate from the previous demo
+# (tiny preset ~165 samples/s per one-thread process, two at a time; ~15-20 s per launch) and a shrunken
+# run of this one (evaluation ~1 s per point at 64 crops x 5 domains; the fit with --bootstrap 20 took
+# 104 s on the 60 points of 15 pilots under load, so ~150 s for the 120 points here): 5 domains, pairs
+# design = 5 + 10 fit + 3 validation = 18 pilots = 9 waves of (P/165 + 25) s; finals 2 x 3 seeds at 4P
+# = 3 waves of (4P/165 + 23) s; fit ~150 s, phantoms, ingest, allocation, report ~30 s.
+# Total ~ 21 P/165 + 474 s: P = 2400 gives ~780 s (13 min), P = 3200 ~880 s (too close to 15 min).
+DEMO_PILOT_SAMPLES = 2400
 
 
 class StudyError(ValueError):
@@ -89,16 +106,20 @@ class DemoOptions:
     """Delete the output folder first and start over."""
     domains: tuple[str, ...] = DEMO_DOMAINS
     """Phantom domains (space- or comma-separated names of voxmix.trainer.data.phantoms)."""
-    per_domain: int = 16
+    per_domain: int = DEMO_PER_DOMAIN
     """Phantom volumes per domain."""
     size: int = 48
     """Phantom grid side (voxels)."""
     config: Path = Path("configs/tiny.yaml")
     """Trainer preset; a relative path is relative to the repository."""
-    pilot_samples: int = 6000
+    pilot_samples: int = DEMO_PILOT_SAMPLES
     """Samples per pilot run (a multiple of the preset's global batch, 8 for tiny)."""
-    scale: float = 4.0
-    """Final budget = scale x the largest pilot."""
+    scales: tuple[float, ...] = (4.0,)
+    """Final budgets = each scale x the largest pilot (unseen by the pilots: every scale > 1.25)."""
+    final_seeds: int = 3
+    """Seeds of each final allocation (o.seed, o.seed + 1, ...): the measured gain's interval needs >= 2."""
+    eval_crops: int = EVAL_CROPS
+    """Held-out crops per domain and evaluation (trainer override eval.crops_per_domain)."""
     evals: int = 8
     """Evaluation points per pilot run."""
     min_eval: int = 400
@@ -137,6 +158,7 @@ class DemoOptions:
         if len(set(self.domains)) != len(self.domains):
             raise StudyError(f"--domains: duplicate names in {list(self.domains)}")
         self._check_counts()
+        self._check_scales()
         if self.downstream not in DOWNSTREAM:
             raise StudyError(f"--downstream must be one of {list(DOWNSTREAM)}, got {self.downstream!r}")
 
@@ -144,15 +166,22 @@ class DemoOptions:
         lower = {
             "per_domain": 1, "size": 16, "pilot_samples": 1, "evals": 1, "min_eval": 0, "final_evals": 1,
             "parallel": 0, "bootstrap": 0, "workers": 0, "ingest_workers": 1, "downstream_seeds": 1,
+            "final_seeds": 1, "eval_crops": 1,
         }  # fmt: skip
         for name, lo in lower.items():
             if getattr(self, name) < lo:
                 flag = "--" + name.replace("_", "-")
                 raise StudyError(f"{flag} ({name}) must be >= {lo}, got {getattr(self, name)}")
-        if not self.scale > 0:
-            raise StudyError(f"--scale (scale) must be > 0, got {self.scale}")
         if not self.time_budget >= 0:
             raise StudyError(f"--time-budget (time_budget) must be >= 0, got {self.time_budget}")
+
+    def _check_scales(self) -> None:
+        object.__setattr__(self, "scales", tuple(sorted(float(s) for s in self.scales)))
+        # The final runs are evaluated from 1.25x the largest pilot on: a budget at or below that has no
+        # unseen point to compare with.
+        ok = all(s > 1.25 for s in self.scales) and len(set(self.scales)) == len(self.scales)
+        if not (self.scales and ok):
+            raise StudyError(f"--scales (scales) must be distinct numbers > 1.25, got {list(self.scales)}")
 
     @property
     def config_path(self) -> Path:
@@ -164,4 +193,10 @@ class DemoOptions:
         # Checkpoints only at the end: the sweep retries a failed pilot from scratch, and it is seconds
         # long. Constant lr after warm-up (WSD without its decay): every evaluation of a pilot, and the
         # final runs' intermediate points, then lie on one curve, which is what the laws describe.
-        return ("checkpoint.every_steps=1000000", "optim.decay_frac=0", *self.overrides)
+        # eval.crops_per_domain before the user's overrides, so that --set can still change it.
+        return (
+            "checkpoint.every_steps=1000000",
+            "optim.decay_frac=0",
+            f"eval.crops_per_domain={self.eval_crops}",
+            *self.overrides,
+        )

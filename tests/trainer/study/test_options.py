@@ -6,9 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from voxmix.formats.allocation import make_allocation
-from voxmix.formats.plan import PlannedRun, parse_plan, plan_json
-from voxmix.trainer.study.demo import final_plan, pilot_plan
+from voxmix.formats.plan import PlannedRun
 from voxmix.trainer.study.launchers import plan_slots, sbatch_script, trainer_args
 from voxmix.trainer.study.options import REPO, DemoOptions, StudyError, SweepError, SweepOptions
 
@@ -40,8 +38,10 @@ def test_sweep_options_name_the_bad_field(field, value, flag):
 
 def test_demo_options_defaults_and_normalisation():
     o = DemoOptions()
-    assert o.out == REPO / "demo" and o.domains == ("ct_abdomen", "ct_chest", "mri_brain", "pet_wholebody")
-    assert (o.pilot_samples, o.scale, o.evals, o.min_eval, o.final_evals) == (6000, 4.0, 8, 400, 5)
+    assert o.out == REPO / "demo" and o.domains == (
+        "ct_abdomen", "ct_abdomen_twin", "ct_chest", "mri_brain", "pet_wholebody"
+    )  # fmt: skip
+    assert (o.pilot_samples, o.scales, o.evals, o.min_eval, o.final_evals) == (2400, (4.0,), 8, 400, 5)
     assert (o.parallel, o.bootstrap, o.workers, o.seed, o.downstream) == (2, 20, 2, 0, "auto")
     # comma- or space-separated, as `python -m trainer.phantoms --domains` takes them
     assert DemoOptions(domains=("ct_abdomen,mri_brain", "pet_wholebody")).domains == (
@@ -68,7 +68,7 @@ def test_demo_options_defaults_and_normalisation():
         ({"min_eval": -1}, "--min-eval"),
         ({"final_evals": 0}, "--final-evals"),
         ({"bootstrap": -1}, "--bootstrap"),
-        ({"scale": 0.0}, "--scale"),
+        ({"scales": (0.0,)}, "--scales"),
         ({"downstream": "maybe"}, "--downstream"),
         ({"time_budget": -1.0}, "--time-budget"),
     ],
@@ -104,30 +104,3 @@ def test_trainer_args_and_sbatch_script():
     text = sbatch_script(o, [run], Path("/runs"))
     assert "#SBATCH --array=0-0%2" in text and "#SBATCH --qos=x" in text and "RUNS=(r1)" in text
     assert "--set optim.lr=1e-3" in text and "--retries 1" in text
-
-
-def test_pilot_plan_gives_every_pilot_the_asked_samples():
-    unique = {"mri_brain": 12, "ct_abdomen": 14}
-    o = DemoOptions(domains=("ct_abdomen", "mri_brain"), pilot_samples=96, evals=4, min_eval=40)
-    plan = pilot_plan(o, unique)
-    assert plan.domains == ["ct_abdomen", "mri_brain"]
-    assert {r.budget_samples for r in plan.runs} == {96} and len(plan.runs) == 6
-    assert all(r.eval_at[0] == 40 and r.eval_at[-1] == 96 and len(r.eval_at) <= 4 for r in plan.runs)
-    assert [r.seed for r in plan.runs] == list(range(6))
-    parse_plan(plan_json(plan))  # the plan's owner accepts it
-    default = pilot_plan(
-        DemoOptions(domains=("ct_abdomen", "mri_brain"), pilot_samples=96, min_eval=0), unique
-    )
-    assert default.runs[0].eval_at[-1] == 96 and default.runs[0].eval_at[0] < 40
-
-
-def test_final_plan_reproduces_the_allocated_counts():
-    allocs = {"proportional": {"a": 5001, "b": 4, "c": 4595}, "transfer_aware": {"a": 7, "b": 9000, "c": 593}}
-    plan = final_plan(allocs, 2000, 7, 5)
-    assert [r.run_id for r in plan.runs] == ["final-proportional", "final-transfer_aware"]
-    for r, counts in zip(plan.runs, allocs.values()):
-        assert r.budget_samples == 9600 and r.seed == 7 and r.role == "final"
-        assert r.eval_at[0] == 2500 and r.eval_at[-1] == 9600
-        # the trainer turns weights back into counts by largest-remainder rounding
-        assert make_allocation(r.mixture, r.budget_samples).samples == counts
-    parse_plan(plan_json(plan))
