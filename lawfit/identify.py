@@ -68,22 +68,23 @@ def _bound_problems(names, theta, lo, hi, target) -> tuple[list[str], list[str],
 
 
 def _conditioning(form: LawForm, theta, prob, ref, lo, hi, names) -> tuple[float, list[str]]:
+    """Condition number of the noise-weighted Jacobian over the free parameters that the data move
+    (a parameter of a term that is off -- gamma_j where k_j = 0 -- has a zero column: it changes no
+    prediction, so it is left out rather than reported), and the parameters loading on its weakest
+    direction."""
     _, J = form.evaluate(theta, *prob[:4], ref=ref)
     free = (theta > lo) & (theta < hi)
     J = (J / prob.scale[:, None])[:, free]
-    if J.shape[1] == 0:
-        return 1.0, []
     norms = np.linalg.norm(J, axis=0)
-    keep = norms > 0
-    if not keep.all():  # a parameter the data do not touch at all
-        dead = [n for n, k in zip(np.asarray(names)[free], keep) if not k]
-        return float("inf"), dead
-    _, s, vt = np.linalg.svd(J / norms, full_matrices=False)
+    live = norms > 1e-12 * max(float(norms.max(initial=0.0)), 1e-300)
+    if not live.any():
+        return 1.0, []
+    J, live_names = J[:, live] / norms[live], np.asarray(names)[free][live]
+    _, s, vt = np.linalg.svd(J, full_matrices=False)
     cond = float(s[0] / s[-1]) if s[-1] > 0 else float("inf")
     weak = vt[-1] ** 2
     order = np.argsort(-weak)
-    loaded = [str(np.asarray(names)[free][a]) for a in order[:3] if weak[a] > 0.1]
-    return cond, loaded
+    return cond, [str(live_names[a]) for a in order[:3] if weak[a] > 0.1]
 
 
 def _design_problems(ds: Dataset, i: int, form: LawForm, pts: np.ndarray) -> tuple[list[str], list[str]]:
@@ -123,7 +124,11 @@ def identifiability(ds: Dataset, ff: FormFit) -> dict:
         lo, hi = box(form, others, prob)
         probs, fixes, zero = _bound_problems(names, tf.theta, lo, hi, d)
         cond, loaded = _conditioning(form, tf.theta, prob, tf.ref, lo, hi, names)
-        if cond > COND_MAX:
+        if not np.isfinite(cond):
+            probs.append(
+                f"the data do not move {', '.join(loaded)} at all (a term that is off at every point)"
+            )
+        elif cond > COND_MAX:
             probs.append(
                 f"ill-conditioned fit (condition number {cond:.3g}): {', '.join(loaded) or 'parameters'} "
                 "trade off against each other"

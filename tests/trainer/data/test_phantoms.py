@@ -130,7 +130,13 @@ def test_lesion_flags_match_label_maps(tmp_path):
 def test_demo_path_end_to_end(tmp_path):
     """Every phantom domain goes through the real ingest and the real DALI CPU loader."""
     src, data = tmp_path / "src", tmp_path / "data"
-    assert phantoms_cli.main(["--out", str(src), "--per-domain", "3", "--size", "40"]) == 0
+    # Every domain, the twin control included (the command's default leaves the twin out).
+    assert (
+        phantoms_cli.main(
+            ["--out", str(src), "--per-domain", "3", "--size", "40", "--domains", *phantoms.DOMAINS]
+        )
+        == 0
+    )
     res = ingest(load_spec(src / "dataset.yaml"), data, progress=False)
     assert res.failures == []
     m = read_manifest(data)

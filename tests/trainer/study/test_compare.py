@@ -248,7 +248,7 @@ def test_report_shows_the_new_fields_and_flags_a_miss(synthetic):
     }
     res["law"]["identifiability"] = {"a": {"ok": True, "problems": [], "suggest": []},
                                      "b": {"ok": False, "problems": ["k_ba unbounded"], "suggest": ["pair run"]}}  # fmt: skip
-    res["law"]["noise"] = {"a": {"sigma_log": 0.011, "source": "loss_se"}}
+    res["law"]["noise"] = {"a": {"eval_se_log": 0.011, "residual_per_eval": 0.03, "residual_per_run": 0.02}}
     res["timing"] = {"stages": {"pilots": 100.0, "final_runs": 50.5}}
     chk = res["budgets"][0]["runs"]["proportional"]["check"]["a"]
     chk.update(prediction_check([0.50, 0.52, 0.49], 0.62, [0.60, 0.65]))
@@ -258,7 +258,7 @@ def test_report_shows_the_new_fields_and_flags_a_miss(synthetic):
         "**b**: k_ba unbounded (suggested: pair run)" in md
         and "**a**:" not in md.split("## Identifiability")[1]
     )
-    assert "| a | 0.0110 | loss_se |" in md and "Total demo time: 150 s" in md
+    assert "| a | 0.0110 | 0.0300 | 0.0200 |" in md and "Total demo time: 150 s" in md
     # the miss: 0.60 - mean(0.50, 0.52, 0.49) = 0.0967; the seeds' 95% interval of the mean
     # 0.5033 +- 4.303 * 0.0153 / sqrt(3) = [0.4654, 0.5413] does not reach 0.60: the law is biased
     assert "**a** (proportional): measured 0.5033 is 0.0967" in md

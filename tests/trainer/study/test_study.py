@@ -21,7 +21,8 @@ from voxmix.lawfit.lawsfile import Laws
 
 REPO = Path(__file__).resolve().parents[3]
 PY = sys.executable
-DOMAINS = ["ct_abdomen", "mri_brain"]
+# Both controls: the twin pair (positive) and mri_brain / ct_abdomen (negative).
+DOMAINS = ["ct_abdomen", "ct_abdomen_twin", "mri_brain"]
 PILOT = 96
 SEEDS = [0, 1]
 
@@ -57,7 +58,7 @@ def test_artefacts_agree(study):
     # the laws validate (Laws.load checks the format) and predict finite positive losses
     laws = Laws.load(out / "laws.json")
     assert laws.domains == DOMAINS
-    assert np.all(np.isfinite(laws.predict(np.full((1, 2), 100.0)))) and laws.form in FORMS
+    assert np.all(np.isfinite(laws.predict(np.full((1, len(DOMAINS)), 100.0)))) and laws.form in FORMS
     # the allocation sums to the budget, 4x the largest pilot, and the trainer's reader accepts it
     alloc = json.loads((out / "allocation.json").read_text())
     assert alloc["budget"]["samples"] == 4 * PILOT
@@ -92,6 +93,18 @@ def test_artefacts_agree(study):
     report = (out / "report.md").read_text()
     assert f"{100 * gains.mean():+.2f}%" in report and "95% t-interval" in report
     assert "## Controls" in report and "Total demo time" in report
+    # The controls are read off the allocation's exchange rates and their bootstrap intervals (the
+    # verdict at 96-sample pilots is noise, so only the wiring is asserted here).
+    hubs = alloc["hubs"]
+    for kind, (i, j) in (
+        ("positive", ("ct_abdomen", "ct_abdomen_twin")),
+        ("negative", ("mri_brain", "ct_abdomen")),
+    ):
+        ctl = comp["transfer"]["controls"][kind]
+        for a, b_ in ((i, j), (j, i)):
+            got = ctl["directions"][f"{a} <- {b_}"]
+            assert got["estimate"] == pytest.approx(hubs["exchange_rate"][a][b_])
+            assert got["interval"] == pytest.approx(hubs["exchange_rate_interval"][a][b_])
 
 
 def test_rerun_skips_finished_stages(study):
@@ -107,8 +120,9 @@ def test_sweep_skips_completed_runs(study):
     res = _run([PY, "-m", "trainer.sweep", str(out / "plan.json"), "--runs-dir", str(out / "runs"),
                 "--manifest", str(out / "data" / "manifest.jsonl")], timeout=120)  # fmt: skip
     assert res.returncode == 0, res.stderr[-2000:]
-    assert "0 of 6 runs to do" in res.stderr
-    assert res.stdout.count("completed earlier: skipped") == 6
+    n = len(json.loads((out / "plan.json").read_text())["runs"])
+    assert f"0 of {n} runs to do" in res.stderr
+    assert res.stdout.count("completed earlier: skipped") == n
 
 
 def test_sweep_retries_a_failed_run_once_then_reports_it(study, tmp_path):
