@@ -187,9 +187,7 @@ def test_a_warm_started_refit_reaches_the_cold_fits_optimum():
         assert warm.law.alpha == pytest.approx(cold.law.alpha, rel=1e-3), d
         assert warm.law.E == pytest.approx(cold.law.E, rel=1e-3), d
         # and the start was not already the optimum: the refit moved
-        start = _objective(ff.targets[d].theta, form, _problem(fresh, i), cfg.huber_delta, warm.ref)[
-            0
-        ]
+        start = _objective(ff.targets[d].theta, form, _problem(fresh, i), cfg.huber_delta, warm.ref)[0]
         assert start > warm.objective * (1 + 1e-4), d
 
 

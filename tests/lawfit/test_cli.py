@@ -1,25 +1,13 @@
 """The `lawfit` command end to end, as a user runs it (the installed console script, in a subprocess)."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.lawfit.lawfit_helpers import lawfit
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def lawfit(*args, cwd, ok=True):
-    r = subprocess.run(
-        [str(Path(sys.executable).parent / "lawfit"), *map(str, args)],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-    )
-    if ok:
-        assert r.returncode == 0, r.stderr
-    return r
 
 
 @pytest.fixture(scope="module")

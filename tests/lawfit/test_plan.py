@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import itertools
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.lawfit.lawfit_helpers import lawfit
 from voxmix.formats.plan import read_plan, write_plan
 from voxmix.lawfit import plan as planmod
 from voxmix.lawfit.errors import LawfitError
@@ -226,16 +224,6 @@ def test_plan_file_round_trip(tmp_path):
 
 
 # ---- the command line (the installed console script, in a subprocess) ---------------------------------
-def lawfit(*args, cwd, ok=True):
-    r = subprocess.run(
-        [str(Path(sys.executable).parent / "lawfit"), *map(str, args)],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-    )
-    if ok:
-        assert r.returncode == 0, r.stderr
-    return r
 
 
 PLAN_ARGS = ["plan", "--domains", "ct", "mri", "pet", "--unique", "ct=1000", "mri=500", "pet=200",

@@ -27,12 +27,7 @@ SMALL = dict(
 N_CROPS = {"a": 7, "b": 5, "c": 1}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/trainer/pretrain/conftest.py
 
 
 def _setup() -> tuple[MAE3D, EvalSet]:

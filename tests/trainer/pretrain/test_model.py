@@ -17,14 +17,7 @@ from voxmix.trainer.pretrain.model import (
     train_flops_per_sample,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small models: one thread is as fast, and immune to OpenMP spin-waits on a busy shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/trainer/pretrain/conftest.py
 
 
 SMALL = dict(
