@@ -20,6 +20,7 @@ from dataclasses import replace
 import numpy as np
 
 from .dataset import Dataset
+from .errors import LawfitError
 from .fit import FitConfig, FormFit, _problem, box, fit_target
 from .forms import FORMS
 from .parallel import map_jobs
@@ -98,17 +99,26 @@ def _resample(ds: Dataset, method: str, model, rng: np.random.Generator) -> Data
     return parametric_resample(ds, *model, rng)
 
 
-def _job_boot(form_name, ds, cfg, b, thetas, refs, model):
+def _job_boot(form_name, ds, cfg, b, thetas, refs, model, joint=None):
     rng = np.random.default_rng([cfg.seed, 1 + b])
     sample = _resample(ds, cfg.bootstrap_method, model, rng)
     form = FORMS[form_name]
+    others = {d: [o for o in ds.domains if o != d] for d in ds.domains}
+    if form.joint:  # refit over all targets at once (lawfit/lowrank.py)
+        from .lowrank import fit_lowrank
+
+        try:
+            tfs, _ = fit_lowrank(sample, cfg, init=joint)
+        except LawfitError:  # a target lacks points in this resample: no estimate from it
+            return [None] * len(ds.domains)
+        return [form.pack(tfs[d].law, others[d]) for d in ds.domains]
     out = []
     for i, d in enumerate(ds.domains):
         if len(sample.target_points(i)) < 3:
             out.append(None)  # this resample lacks the target: no estimate from it
             continue
         tf = fit_target(form, sample, i, cfg, init=[thetas[i]], ref=refs[i])
-        out.append(form.pack(tf.law, [o for o in ds.domains if o != d]))  # natural parameters (R = 1)
+        out.append(form.pack(tf.law, others[d]))  # natural parameters (R = 1)
     return out
 
 
@@ -122,7 +132,8 @@ def bootstrap(ds: Dataset, ff: FormFit, cfg: FitConfig) -> dict[str, np.ndarray]
     if cfg.bootstrap_method == "parametric":
         logfit, resid, jacs = fitted_curves(ds, ff)
         model = (logfit, *noise_model(ds, resid, jacs))
-    jobs = [(ff.form, ds, cfg, b, thetas, refs, model) for b in range(cfg.bootstrap)]
+    joint = getattr(ff, "joint", None)
+    jobs = [(ff.form, ds, cfg, b, thetas, refs, model, joint) for b in range(cfg.bootstrap)]
     res = map_jobs(_job_boot, jobs, cfg, "bootstrap")
     return {d: np.asarray([r[i] for r in res if r[i] is not None]) for i, d in enumerate(ds.domains)}
 

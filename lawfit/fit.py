@@ -88,6 +88,7 @@ class FormFit:
     targets: dict[str, TargetFit]
     cv_rmse_log: float | None = None
     cv_per_target: dict[str, float] = field(default_factory=dict)
+    joint: np.ndarray | None = None  # a jointly fitted form's vector over all targets (lawfit/lowrank.py)
 
 
 # ---- one target ---------------------------------------------------------------------------------------
@@ -345,15 +346,27 @@ def candidate_forms(ds: Dataset, cfg: FitConfig) -> tuple[list[str], list[str]]:
             "no run saw more samples of a domain than its unique data: the repetition form is not "
             "identifiable and was not fitted"
         )
+    m = len(ds.domains)
+    n_runs = len(np.unique(ds.run))
+    if m >= 3 and n_runs < 2 * m:
+        # Fewer runs than the full transfer form needs (lawfit plan's rule: 2 + 2(m - 1)): the rank-one
+        # transfer matrix, 2m numbers instead of m (m - 1), competes too.
+        forms.append("transfer_lowrank")
+        notes.append(f"{n_runs} runs for {m} domains (< 2m): the low-rank transfer form was added")
     return forms, notes
 
 
 def fit_forms(ds: Dataset, cfg: FitConfig) -> tuple[dict[str, FormFit], list[str]]:
     forms, notes = candidate_forms(ds, cfg)
     m = len(ds.domains)
-    jobs = [(f, ds, i, cfg) for f in forms for i in range(m)]
+    jobs = [(f, ds, i, cfg) for f in forms if not FORMS[f].joint for i in range(m)]
     res = map_jobs(job_target, jobs, cfg, "fit")
     fits = {f: FormFit(f, {}) for f in forms}
     for (f, _, i, _), tf in zip(jobs, res):
         fits[f].targets[ds.domains[i]] = tf
+    for f in forms:
+        if FORMS[f].joint:
+            from .lowrank import fit_lowrank  # it builds on this module
+
+            fits[f].targets, fits[f].joint = fit_lowrank(ds, cfg)
     return fits, notes

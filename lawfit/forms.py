@@ -7,6 +7,8 @@ Forms (register new ones in FORMS; every consumer reads only `TargetLaw`'s named
   transfer_repetition  + R* (data-constrained repetition)
   interference         + k_j (gamma = 1) and signed rho_j per source, one dbar: help that turns into
                        competition as a source's share grows
+  transfer_lowrank     k_ij = b_i a_j (gamma = 1): 2m transfer numbers instead of m (m - 1), for studies
+                       with few runs; fitted jointly (lawfit/lowrank.py)
 d0 is fitted per target in every form.
 """
 
@@ -32,6 +34,7 @@ class LawForm:
     interference: bool
     repetition: bool
     description: str
+    joint: bool = False  # fitted over all targets at once (lawfit/lowrank.py), not target by target
 
     # ---- parameter layout ---------------------------------------------------------------------------
     # The fit vector is reparametrized around a reference data scale R (geometric mean of the data) so
@@ -187,8 +190,17 @@ class LawForm:
         return logL, J
 
 
-def _form(name: str, description: str, *, transfer=False, gamma=False, interference=False, repetition=False):
-    return LawForm(name, transfer, gamma, interference, repetition, description)
+def _form(
+    name: str,
+    description: str,
+    *,
+    transfer=False,
+    gamma=False,
+    interference=False,
+    repetition=False,
+    joint=False,
+):
+    return LawForm(name, transfer, gamma, interference, repetition, description, joint)
 
 
 FORMS: dict[str, LawForm] = {
@@ -214,6 +226,13 @@ FORMS: dict[str, LawForm] = {
         "k >= 0 helps, rho signed (> 0: competition for capacity as j's share grows)",
         transfer=True,
         interference=True,
+    ),
+    "transfer_lowrank": _form(
+        "transfer_lowrank",
+        "L_i = E_i + A_i (d0_i + D_i + sum_j b_i a_j D_j)^-alpha_i: a rank-one transfer matrix (a_j what source j "
+        "gives, b_i what target i takes), fitted over all targets at once (lawfit/lowrank.py)",
+        transfer=True,
+        joint=True,
     ),
 }
 
