@@ -15,6 +15,7 @@ processor):
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import sys
@@ -38,6 +39,20 @@ from voxmix.trainer.pretrain.state import Boundary, TrainState
 from voxmix.trainer.pretrain.step import BatchStream, NonFiniteLoss, boundary_loss, train_step
 
 __all__ = ["NonFiniteLoss", "Trainer"]
+
+
+def _remove_shm_buffer(rank: int) -> None:
+    """Unlink this rank's shared-memory all-reduce buffer of DeepSpeed's CPU communication op.
+
+    DeepSpeed 0.19 creates /dev/shm/deepspeed_allreduce_buffer_<uid>_<addr>_<port>_<rank> (69 MB) for
+    every CPU process and never removes it: the files outlive the run, and on this project's machine 330
+    launches had filled /dev/shm (RAM) with 22 GB until training stalled in swap. Each rank removes its own
+    buffer when the process exits (a killed process still leaks one)."""
+    addr, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
+    if not (addr and port):
+        return
+    with contextlib.suppress(OSError):
+        os.unlink(f"/dev/shm/deepspeed_allreduce_buffer_{os.getuid()}_{addr}_{port}_{rank}")
 
 
 class Trainer:
@@ -276,6 +291,8 @@ class Trainer:
             # seen on 2 cores with 2 ranks x 2 threads). DeepSpeed's launcher sets LOCAL_SIZE.
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_SIZE", "1"))))
         deepspeed.init_distributed(dist_backend="nccl" if self.device.type == "cuda" else "gloo")
+        if self.device.type == "cpu":
+            atexit.register(_remove_shm_buffer, self.rank)
         torch.manual_seed(cfg.train.seed)  # identical init on every rank (DeepSpeed also broadcasts)
         np.random.seed(cfg.train.seed + self.rank)
         self.mask_gen.manual_seed(cfg.train.seed * 1_000_003 + self.rank)
