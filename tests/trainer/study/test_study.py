@@ -38,7 +38,7 @@ def study(tmp_path_factory):
     cmd = [PY, "scripts/demo.py", "--out", str(out), "--domains", *DOMAINS, "--per-domain", "5",
            "--size", "40", "--pilot-samples", str(PILOT), "--evals", "4", "--final-evals", "3",
            "--bootstrap", "3", "--workers", "1", "--no-report", "--downstream", "no", "--min-eval", "0",
-           "--final-seeds", str(len(SEEDS))]  # fmt: skip
+           "--final-seeds", str(len(SEEDS)), "--eval-crops", "16"]  # fmt: skip
     res = _run(cmd, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     return out, cmd, res.stdout
