@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from voxmix.lawfit.allocate import Budget, allocate  # noqa: E402
 from voxmix.lawfit.bootstrap import bootstrap  # noqa: E402
 from voxmix.lawfit.dataset import build_dataset, load_runs  # noqa: E402
-from voxmix.lawfit.fit import FitConfig, fit_target  # noqa: E402
+from voxmix.lawfit.fit import FitConfig, FormFit, fit_target  # noqa: E402
 from voxmix.lawfit.forms import FORMS  # noqa: E402
 from voxmix.lawfit.lawsfile import Laws  # noqa: E402
 from voxmix.lawfit.simulate import default_design, random_laws, simulate_runs  # noqa: E402
@@ -83,11 +83,7 @@ def main() -> None:
     cfg = FitConfig(bootstrap=0, progress=False)
     laws, t_fit = timed(lambda: fit_laws(ds, cfg))
     alloc, t_alloc = timed(lambda: allocate(laws, Budget(samples=10**6), max_epochs=4.0))
-    ff = type("FF", (), {})()
-    ff.form, ff.targets = (
-        laws.form,
-        {d: fit_target(FORMS[laws.form], ds, i, cfg) for i, d in enumerate(ds.domains)},
-    )
+    ff = FormFit(laws.form, {d: fit_target(FORMS[laws.form], ds, i, cfg) for i, d in enumerate(ds.domains)})
     bcfg = FitConfig(bootstrap=a.bootstrap, progress=False)
     _, t_boot = timed(lambda: bootstrap(ds, ff, bcfg))
     # Baseline: one start of one target, L-BFGS-B on the Huber objective (the solver before #12) vs _solve.

@@ -122,18 +122,20 @@ def _job_boot(form_name, ds, cfg, b, thetas, refs, model, joint=None):
     return out
 
 
-def bootstrap(ds: Dataset, ff: FormFit, cfg: FitConfig) -> dict[str, np.ndarray]:
-    """Natural parameter vectors of the chosen form refitted on `cfg.bootstrap` resamples."""
+def bootstrap(ds: Dataset, ff: FormFit, cfg: FitConfig, model=None) -> dict[str, np.ndarray]:
+    """Natural parameter vectors of the chosen form refitted on `cfg.bootstrap` resamples. `model`: the
+    fit's (fitted log loss, sigma_e, sigma_u) when the caller has it (computed here otherwise, and used by
+    the parametric resample only)."""
     if cfg.bootstrap == 0:
         return {}
     thetas = [ff.targets[d].theta for d in ds.domains]
     refs = [ff.targets[d].ref for d in ds.domains]
-    model = None
-    if cfg.bootstrap_method == "parametric":
+    if cfg.bootstrap_method != "parametric":
+        model = None
+    elif model is None:
         logfit, resid, jacs = fitted_curves(ds, ff)
         model = (logfit, *noise_model(ds, resid, jacs))
-    joint = getattr(ff, "joint", None)
-    jobs = [(ff.form, ds, cfg, b, thetas, refs, model, joint) for b in range(cfg.bootstrap)]
+    jobs = [(ff.form, ds, cfg, b, thetas, refs, model, ff.joint) for b in range(cfg.bootstrap)]
     res = map_jobs(_job_boot, jobs, cfg, "bootstrap")
     return {d: np.asarray([r[i] for r in res if r[i] is not None]) for i, d in enumerate(ds.domains)}
 

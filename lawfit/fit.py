@@ -118,10 +118,7 @@ def point_scale(ds: Dataset, i: int, pts: np.ndarray) -> np.ndarray:
     """Relative noise of each point of target i: sigma_k / median sigma, sigma_k = se_k / y_k the measured
     standard error of the log loss (evaluation crops), so that a residual is weighed by 1 / sigma_k while
     the objective keeps its units (log loss) and the Huber delta its meaning. 1 without measurements."""
-    se = getattr(ds, "se", None)
-    if se is None:
-        return np.ones(len(pts))
-    s = se[pts, i] / ds.y[pts, i]
+    s = ds.se[pts, i] / ds.y[pts, i]
     ok = np.isfinite(s) & (s > 0)
     if not ok.any():
         return np.ones(len(pts))

@@ -161,11 +161,10 @@ def noise_summary(ds: Dataset, sig_e: np.ndarray, sig_u: np.ndarray, target: flo
     """Per target: the measured standard error of the log loss (evaluation crops; median over points),
     and the residual noise the fit leaves (per evaluation, per run). sigma_log: the measured one when the
     runs logged it, else the residual per-evaluation noise."""
-    se = getattr(ds, "se", None)
     out = {}
     for i, d in enumerate(ds.domains):
         pts = ds.target_points(i)
-        rel = se[pts, i] / ds.y[pts, i] if se is not None else np.array([])
+        rel = ds.se[pts, i] / ds.y[pts, i]
         rel = rel[np.isfinite(rel)]
         measured = float(np.median(rel)) if len(rel) else None
         sigma = measured if measured is not None else float(sig_e[i])

@@ -53,10 +53,11 @@ def fit_laws(ds: Dataset, cfg: FitConfig | None = None) -> Laws:
     ff = fits[winner]
     ident = identifiability(ds, ff)
     _say_identifiability(cfg, ident)
-    _, resid, jacs = fitted_curves(ds, ff)
-    noise = noise_summary(ds, *noise_model(ds, resid, jacs))
+    logfit, resid, jacs = fitted_curves(ds, ff)
+    sigmas = noise_model(ds, resid, jacs)  # the noise read-out, and the parametric bootstrap's model
+    noise = noise_summary(ds, *sigmas)
     t_fit = time.perf_counter() - t0
-    samples = bootstrap(ds, ff, cfg)
+    samples = bootstrap(ds, ff, cfg, model=(logfit, *sigmas))
     laws = Laws(
         form=winner,
         domains=list(ds.domains),

@@ -34,10 +34,10 @@ from .sweep import run_sweep
 
 
 def log_points(first: float, last: int, n: int, batch: int = 1) -> list[int]:
-    """n log-spaced sample counts from `first` to `last`, whole multiples of `batch` (the trainer counts
-    samples in global batches), `last` always included; fewer where they round together."""
-    pts = np.round(np.geomspace(first, last, n) / batch).astype(int) * batch
-    return sorted({int(x) for x in np.clip(pts, batch, last)} | {int(last)})
+    """n log-spaced sample counts from `first` to `last` in whole batches (lawfit plan's rule)."""
+    from voxmix.lawfit.plan import eval_points
+
+    return eval_points(last, n, multiple=batch, first=int(np.ceil(first)))
 
 
 def global_batch(o: DemoOptions) -> int:
