@@ -13,11 +13,42 @@ from typing import Any
 from .errors import FormatError
 
 
+def current_umask() -> int:
+    """The process umask. Read from /proc where it is there (no change to process state); elsewhere set
+    and restored at once (os.umask is the only portable way to read it)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def new_file_mode() -> int:
+    """The mode `open(path, "w")` would give a new file: 0o666 less the umask."""
+    return 0o666 & ~current_umask()
+
+
+def temp_file_beside(path: Path) -> tuple[int, str]:
+    """(fd, name) of a new temporary file in `path`'s folder, with the mode a plain write would give.
+
+    mkstemp creates it 0600 whatever the umask; renamed over `path`, that mode would make every output
+    private, so colleagues on a shared cluster could not read the data or the encoder. The temporary file
+    lives in the destination folder so that the rename never crosses filesystems."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, new_file_mode())
+    return fd, tmp
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write `data` to `path` through a temporary file and a rename; the file gets the umask's mode."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # The temporary file lives in the destination folder so that the rename never crosses filesystems.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = temp_file_beside(path)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)

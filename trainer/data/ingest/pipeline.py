@@ -14,7 +14,6 @@ import json
 import os
 import re
 import sys
-import tempfile
 import time
 import zlib
 from collections.abc import Callable
@@ -25,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from voxmix.formats.io import atomic_write_text
+from voxmix.formats.io import atomic_write_text, temp_file_beside
 from voxmix.formats.manifest import FILENAME, ManifestError, VolumeRecord, read_manifest, write_manifest
 
 from .preprocess import preprocess
@@ -59,7 +58,7 @@ def split_of(sha: str, val_fraction: float) -> str:
 
 def save_npy_atomic(path: Path, arr: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = temp_file_beside(path)  # the umask's mode, not mkstemp's 0600
     try:
         with os.fdopen(fd, "wb") as fh:
             np.save(fh, arr, allow_pickle=False)  # NumPy format v1 header: DALI's numpy reader reads it
