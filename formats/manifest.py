@@ -71,6 +71,10 @@ class Manifest:
     """Folder of the manifest; record paths are relative to it."""
     records: list[VolumeRecord]
     header: dict[str, Any] = field(default_factory=dict)
+    file: Path | None = None
+    """The manifest file it was read from (None when built in memory)."""
+    lines: dict[str, int] = field(default_factory=dict)
+    """Line number of each record id in `file`, so that errors about a volume can point at its line."""
 
     def __post_init__(self) -> None:
         self._by_id = {r.id: r for r in self.records}
@@ -170,6 +174,7 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
     except FileNotFoundError:
         raise ManifestError(f"{path}: file not found") from None
     records: list[VolumeRecord] = []
+    lines_of: dict[str, int] = {}
     header: dict[str, Any] | None = None
     for lineno, line in enumerate(lines, 1):
         if not line.strip():
@@ -186,10 +191,11 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
             header = obj
             continue
         records.append(_parse_record(obj, where))
+        lines_of.setdefault(records[-1].id, lineno)
     if header is None:
         raise ManifestError(f"{path}: empty file, expected a {FORMAT} header line")
     try:
-        return Manifest(root=path.parent.resolve(), records=records, header=header)
+        return Manifest(root=path.parent.resolve(), records=records, header=header, file=path, lines=lines_of)
     except ManifestError as exc:
         raise ManifestError(f"{path}: {exc}") from None
 

@@ -1,6 +1,7 @@
 """`python -m trainer.ingest --spec dataset.yaml --out DIR [--workers N]` (docs/data.md).
 
-The command line of the ingest: exit 0 when every source succeeded, 3 when some failed, 2 for a bad spec."""
+The command line of the ingest: exit 0 when every source succeeded, 3 when some failed, 2 for a bad spec
+(including a domain whose sources match no file) or an `--out` that cannot be a folder."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from collections import Counter
 
 from voxmix.trainer.data.ingest.pipeline import FAILURES, ingest
 from voxmix.trainer.data.ingest.spec import SpecError, load_spec
+from voxmix.trainer.data.volumes import OutputFolderError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,17 +24,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     if args.workers < 1:
-        print(f"error: --workers must be >= 1, got {args.workers}", file=sys.stderr)
+        print(f"voxmix: --workers must be >= 1, got {args.workers}", file=sys.stderr)
         return 2
     try:
         spec = load_spec(args.spec)
-    except SpecError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        res = ingest(spec, args.out, workers=args.workers, progress=not args.quiet)
+    except (SpecError, OutputFolderError) as exc:
+        print(f"voxmix: {exc}", file=sys.stderr)
         return 2
-    res = ingest(spec, args.out, workers=args.workers, progress=not args.quiet)
     per_domain = Counter(r.domain for r in res.done)
+    rebuilt = f", {len(res.rebuilt)} rebuilt (missing or corrupt output)" if res.rebuilt else ""
     print(
-        f"ingest: {len(res.done)} volumes ({res.skipped} unchanged), {len(res.failures)} failed; "
+        f"ingest: {len(res.done)} volumes ({res.skipped} unchanged{rebuilt}), {len(res.failures)} failed; "
         + ", ".join(f"{d}: {n}" for d, n in sorted(per_domain.items()))
     )
     if res.failures:

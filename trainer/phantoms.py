@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from voxmix.trainer.data.phantoms import DOMAINS, write_dataset
+from voxmix.trainer.data.volumes import OutputFolderError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,12 +28,16 @@ def main(argv: list[str] | None = None) -> int:
     domains = [d.strip() for item in a.domains for d in item.split(",") if d.strip()]
     bad = [d for d in domains if d not in DOMAINS]
     if bad or not domains:
-        print(f"error: --domains: unknown {bad}; choose from {list(DOMAINS)}", file=sys.stderr)
+        print(f"voxmix: --domains: unknown {bad}; choose from {list(DOMAINS)}", file=sys.stderr)
         return 2
     if a.per_domain < 1 or a.size < 16:
-        print("error: --per-domain must be >= 1 and --size >= 16", file=sys.stderr)
+        print("voxmix: --per-domain must be >= 1 and --size >= 16", file=sys.stderr)
         return 2
-    write_dataset(Path(a.out), domains, a.per_domain, a.size, a.seed, a.labels)
+    try:
+        write_dataset(Path(a.out), domains, a.per_domain, a.size, a.seed, a.labels)
+    except OutputFolderError as exc:  # --out names a file, or a parent of it is one
+        print(f"voxmix: {exc}", file=sys.stderr)
+        return 2
     print(
         f"wrote {len(domains) * a.per_domain} volumes to {a.out}; ingest with: "
         f"python -m trainer.ingest --spec {a.out}/dataset.yaml --out DIR"

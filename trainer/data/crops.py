@@ -19,6 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
+from voxmix.formats.manifest import VolumeRecord
+
+from .volumes import open_volume
+
 # Per-modality intensity jitter (scale amplitude, shift amplitude): x * U(1 - a, 1 + a) + U(-b, b).
 # CT intensities are physical (HU), so they move least; MRI and PET scanners differ much more in gain.
 DEFAULT_JITTER = {"CT": (0.05, 0.02), "MRI": (0.15, 0.05), "PET": (0.20, 0.05)}
@@ -116,11 +120,15 @@ def crop_params(
     )
 
 
-def read_roi(path: str | Path, params: CropParams, crop: tuple[int, int, int]) -> np.ndarray:
-    """Read only the crop from a `.npy` through a memory map; zero padding outside the volume."""
-    vol = np.load(path, mmap_mode="r")
-    if vol.ndim != 3:
-        raise ValueError(f"{path}: expected a 3D array, got shape {vol.shape}")
+def read_roi(
+    path: str | Path, params: CropParams, crop: tuple[int, int, int], record: VolumeRecord | None = None
+) -> np.ndarray:
+    """Read only the crop from a `.npy` through a memory map; zero padding outside the volume. The header
+    is checked against `record` (or as a 3D C-order array) first: a VolumeError names a bad file."""
+    return _roi(open_volume(path, record), params, crop)
+
+
+def _roi(vol: np.ndarray, params: CropParams, crop: tuple[int, int, int]) -> np.ndarray:
     out = np.zeros(crop, dtype=vol.dtype)
     src, dst = [], []
     for s, c, st in zip(vol.shape, crop, params.start):
@@ -131,17 +139,19 @@ def read_roi(path: str | Path, params: CropParams, crop: tuple[int, int, int]) -
     return out
 
 
-def read_crop(path: str | Path, params: CropParams, crop: tuple[int, int, int]) -> np.ndarray:
+def read_crop(
+    path: str | Path, params: CropParams, crop: tuple[int, int, int], record: VolumeRecord | None = None
+) -> np.ndarray:
     """ROI read and flips in the stored dtype; a crop inside the volume costs one copy (a strided,
-    reversed view of the memory map made contiguous)."""
-    vol = np.load(path, mmap_mode="r")
-    if vol.ndim == 3 and all(0 <= st and st + c <= s for s, c, st in zip(vol.shape, crop, params.start)):
+    reversed view of the memory map made contiguous). The header is checked as in `read_roi`."""
+    vol = open_volume(path, record)
+    if all(0 <= st and st + c <= s for s, c, st in zip(vol.shape, crop, params.start)):
         view = vol[tuple(slice(st, st + c) for st, c in zip(params.start, crop))]
         for ax, f in enumerate(params.flip):
             if f:
                 view = view[(slice(None),) * ax + (slice(None, None, -1),)]
         return np.array(view, order="C")  # always a copy: never hand out memory of the read-only map
-    return flip_array(read_roi(path, params, crop), params)
+    return flip_array(_roi(vol, params, crop), params)
 
 
 def flip_array(x: np.ndarray, params: CropParams) -> np.ndarray:

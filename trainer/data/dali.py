@@ -28,6 +28,7 @@ from voxmix.formats.manifest import Manifest
 
 from .mixture import MixtureSampler
 from .torch_loader import SampleParams, rank_batches
+from .volumes import check_volumes
 
 # Samples per pipeline: one pipeline's `files` list. Large enough that rebuilding (tens of ms) is noise,
 # small enough that the per-sample argument arrays stay a few MB on long budgets.
@@ -165,6 +166,9 @@ def dali_batches(
                     yield x, d, jit[k * batch_size : (k + 1) * batch_size]
             except Exception as exc:
                 if not use_gds:
+                    # A file changed since build_loader checked it: name it rather than show DALI's trace.
+                    recs = [sampler.sample(i).record for batch in chunk for i in batch]
+                    check_volumes(manifest, recs)
                     raise
                 # GDS/cuFile missing, unsupported filesystem or ROI: continue this chunk from the first
                 # batch not yet returned with the CPU reader (then .gpu()); later chunks too.

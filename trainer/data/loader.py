@@ -17,11 +17,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from voxmix.formats.manifest import Manifest
+from voxmix.formats.manifest import Manifest, VolumeRecord
 
 from .crops import DEFAULT_JITTER, as_crop, augment_array, crop_params, read_roi
 from .mixture import MixtureSampler, crop_seed
 from .torch_loader import SampleParams, torch_batches
+from .volumes import check_volumes
 
 BACKENDS = ("auto", "dali", "torch")
 
@@ -169,7 +170,12 @@ def build_loader(
     augment: bool = True,
     jitter: dict[str, tuple[float, float]] | None = None,
 ) -> Loader:
-    """See docs/data.md. `jitter` overrides the per-modality intensity jitter, keyed by domain or modality."""
+    """See docs/data.md. `jitter` overrides the per-modality intensity jitter, keyed by domain or modality.
+
+    Every training volume the sampler can draw is checked against its manifest record first (header
+    only, trainer/data/volumes.py): a bad file stops every rank here, named, before the first step,
+    instead of training silently on mismatched data or failing mid-run inside a loader worker."""
+    check_volumes(manifest, (r for vols in sampler.volumes.values() for r in vols), purpose="training")
     return Loader(
         manifest,
         sampler,
@@ -197,15 +203,22 @@ def build_eval_set(
     if crops_per_domain < 1:
         raise ValueError(f"crops_per_domain must be >= 1, got {crops_per_domain}")
     out: dict[str, torch.Tensor] = {}
+    used: dict[str, list[VolumeRecord]] = {}
     for d in domains:
         vols = manifest.select(domain=d, split="val")
         if not vols:
             raise ValueError(f"build_eval_set: domain {d!r} has no 'val' volumes in {manifest.root}")
+        used[d] = vols
+    # The volumes the set reads (crop i comes from volume i mod V), all checked before any is read.
+    check_volumes(
+        manifest, (v for vols in used.values() for v in vols[:crops_per_domain]), purpose="evaluation"
+    )
+    for d, vols in used.items():
         dseed = seed ^ zlib.crc32(d.encode())
         crops = np.empty((crops_per_domain, 1, *c), dtype=np.float32)
         for i in range(crops_per_domain):
             rec = vols[i % len(vols)]
             p = crop_params(rec.shape, c, crop_seed(dseed, i), augment=False)
-            crops[i, 0] = augment_array(read_roi(manifest.abspath(rec), p, c), p)
+            crops[i, 0] = augment_array(read_roi(manifest.abspath(rec), p, c, rec), p)
         out[d] = torch.from_numpy(crops)
     return out

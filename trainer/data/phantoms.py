@@ -41,6 +41,8 @@ from scipy import ndimage
 
 from voxmix.formats.io import atomic_write_text
 
+from .volumes import make_output_folder
+
 # Label ids shared by all generators (the label maps use them).
 AIR, SOFT, FAT, LIVER, KIDNEY, SPINE, LESION, LUNG, HEART, RIB, BRAIN, BLADDER = range(12)
 LABEL_NAMES = [
@@ -278,12 +280,13 @@ def _save_nifti(path: Path, arr: np.ndarray, spacing) -> None:
 def write_dataset(
     out: Path, domains: list[str], per_domain: int, size: int, seed: int, labels: bool
 ) -> list[dict]:
-    out.mkdir(parents=True, exist_ok=True)
+    """Raises OutputFolderError (a ValueError naming `--out`) when `out` cannot be a folder."""
+    out = make_output_folder(out)
     index = []
     total = len(domains) * per_domain
     t0 = time.perf_counter()
     for d in domains:
-        (out / d).mkdir(exist_ok=True)
+        make_output_folder(out / d)
         for i in range(per_domain):
             img, lab, info = generate(d, i, size=size, seed=seed)
             name = f"{d}/{d}_{i:03d}.nii.gz"

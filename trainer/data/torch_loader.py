@@ -16,6 +16,7 @@ from voxmix.formats.manifest import Manifest
 
 from .crops import CropParams, _mix, crop_params, crop_params_batch, read_crop
 from .mixture import MixtureSampler, SampleRef
+from .volumes import VolumeError
 
 
 class SampleParams:
@@ -62,7 +63,7 @@ class CropDataset(torch.utils.data.Dataset):
         """(flipped crop (1, cd, ch, cw) in the stored dtype, domain id, (scale, shift))."""
         ref = self.sampler.sample(index)
         p = self.params(ref)
-        x = read_crop(self.manifest.abspath(ref.record), p, self.params.crop)
+        x = read_crop(self.manifest.abspath(ref.record), p, self.params.crop, ref.record)
         return torch.from_numpy(x)[None], ref.domain_id, torch.tensor([p.scale, p.shift])
 
 
@@ -108,5 +109,13 @@ def torch_batches(
         pin_memory=pin_memory,
         prefetch_factor=2 if workers else None,
     )
-    for x, d, jit in dl:
-        yield x, d.to(torch.int64), jit
+    try:
+        for x, d, jit in dl:
+            yield x, d.to(torch.int64), jit
+    except VolumeError as exc:
+        # A worker's error comes back with the worker's whole traceback as its message; the user needs the
+        # last line only (the file and what is wrong with it).
+        text = str(exc)
+        if text.startswith("Caught VolumeError"):
+            raise VolumeError(text.rstrip().rsplit("VolumeError: ", 1)[-1]) from None
+        raise

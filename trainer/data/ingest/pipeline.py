@@ -1,9 +1,11 @@
 """The ingest driver: discover sources, process them in parallel, write volumes, manifest, failures.
 
-Resumable: a source whose checksum matches the record of the existing manifest (and whose `.npy` is
-there) is not processed again. The manifest is rewritten atomically every `CHECKPOINT_EVERY` results, so
-a crash loses at most that much work. Failures never stop the others; they are listed in
-`failures.jsonl` (rewritten by every run, so it lists exactly the current run's failures).
+Resumable: a source whose checksum matches the record of the existing manifest, and whose `.npy` is
+still what that record describes (header, size and content statistics), is not processed again; a
+missing or corrupt `.npy` is rebuilt, with a warning naming it. The manifest is rewritten atomically
+every `CHECKPOINT_EVERY` results, so a crash loses at most that much work. Failures never stop the
+others; they are listed in `failures.jsonl` (rewritten by every run, so it lists exactly the current
+run's failures).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import sys
 import time
 import zlib
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,9 +29,11 @@ import numpy as np
 from voxmix.formats.io import atomic_write_text, temp_file_beside
 from voxmix.formats.manifest import FILENAME, ManifestError, VolumeRecord, read_manifest, write_manifest
 
+from ..volumes import VolumeError, make_output_folder, open_volume
 from .preprocess import preprocess
 from .readers import IngestFailure, Item, checksum, discover, read_item
-from .spec import DomainSpec, Spec
+from .spec import DomainSpec, Spec, SpecError
+from .workers import make_pool
 
 FAILURES = "failures.jsonl"
 CHECKPOINT_EVERY = 25
@@ -39,6 +43,8 @@ CHECKPOINT_EVERY = 25
 class Result:
     done: list[VolumeRecord] = field(default_factory=list)
     skipped: int = 0
+    rebuilt: list[tuple[str, str]] = field(default_factory=list)
+    """(output path, why the existing one was not kept) of unchanged sources whose `.npy` was redone."""
     failures: list[dict] = field(default_factory=list)
 
     @property
@@ -85,12 +91,46 @@ def process(item: Item, spec: DomainSpec, out: str, previous: dict | None) -> di
     return {**_process(item, spec, out, previous), "domain": spec.name, "source": item.source}
 
 
+# Tolerance of the statistics check: the manifest stores them rounded to 6 decimals.
+_STATS_TOL = 1e-5
+
+
+def output_problem(path: Path, previous: dict) -> str | None:
+    """Why the existing output of an unchanged source cannot be kept (a message naming it), or None.
+
+    Header, shape, dtype and size against the record (trainer/data/volumes.py), then min, max and mean
+    against the record's statistics of the written array: a rerun reads every source in full for its
+    checksum anyway, and this one pass over the (smaller) output also catches corruption that keeps the
+    size, e.g. a zeroed block."""
+    if not os.path.lexists(path):
+        return f"{path}: missing"
+    try:
+        vol = open_volume(path, _record(previous))
+        x = vol.astype(np.float32)
+        got = {"min": float(x.min()), "max": float(x.max()), "mean": float(x.mean(dtype=np.float64))}
+    except VolumeError as exc:
+        return str(exc)
+    except OSError as exc:  # an I/O error in the middle of the data
+        return f"{path}: cannot read: {exc.strerror or exc}"
+    want = previous.get("stats", {})
+    for key, v in got.items():
+        w = want.get(key)
+        # `not <=` so that a NaN read back counts as a difference.
+        if isinstance(w, (int, float)) and not abs(v - w) <= _STATS_TOL * max(1.0, abs(w)):
+            return f"{path}: its {key} is {v:.6g}, the manifest recorded {w:.6g}: the data changed"
+    return None
+
+
 def _process(item: Item, spec: DomainSpec, out: str, previous: dict | None) -> dict:
     t0 = time.perf_counter()
+    rebuilt: dict = {}
     try:
         sha = checksum(item) if item.kind != "bad" else ""
-        if previous and previous["sha256"] == sha and (Path(out) / previous["path"]).exists():
-            return {"skipped": previous}
+        if previous and previous["sha256"] == sha:
+            problem = output_problem(Path(out) / previous["path"], previous)
+            if problem is None:
+                return {"skipped": previous}
+            rebuilt = {"rebuilt": [previous["path"], problem]}
         vol = read_item(item)
         arr, spacing, stats = preprocess(vol, spec)
         rid = record_id(spec.name, item.source)
@@ -109,7 +149,7 @@ def _process(item: Item, spec: DomainSpec, out: str, previous: dict | None) -> d
             dtype=spec.dtype,
             stats={k: (round(v, 6) if isinstance(v, float) else v) for k, v in stats.items()},
         )
-        return {"record": rec.to_json(), "seconds": time.perf_counter() - t0}
+        return {"record": rec.to_json(), "seconds": time.perf_counter() - t0, **rebuilt}
     except IngestFailure as exc:
         return {
             "failure": {"source": item.source, "domain": spec.name, "reason": exc.reason, "detail": str(exc)}
@@ -123,12 +163,6 @@ def _process(item: Item, spec: DomainSpec, out: str, previous: dict | None) -> d
                 "detail": f"{type(exc).__name__}: {exc}",
             }
         }
-
-
-def _init_worker() -> None:
-    import torch
-
-    torch.set_num_threads(1)  # parallelism comes from the worker processes
 
 
 def _record(obj: dict) -> VolumeRecord:
@@ -177,16 +211,43 @@ def _previous_records(out: Path) -> dict[tuple[str, str], dict]:
 
 
 def _jobs(spec: Spec) -> list[tuple[Item, DomainSpec]]:
-    """Every source of every domain, once per domain, in spec and discovery order."""
+    """Every source of every domain, once per domain, in spec and discovery order.
+
+    A domain whose sources match nothing is a SpecError (exit 2), even when other domains match: it is
+    found before any work, and a domain silently missing from the manifest would only surface at
+    training. A single source matching nothing in a domain that has others is a warning."""
     jobs: list[tuple[Item, DomainSpec]] = []
+    empty: list[str] = []
     for d in spec.domains:
         seen: set[str] = set()
+        unmatched: list[str] = []
         for pattern in d.sources:
-            for item in discover(pattern, spec.base):
+            items = discover(pattern, spec.base)
+            if not items:
+                unmatched.append(pattern)
+            for item in items:
                 if item.source not in seen:
                     seen.add(item.source)
                     jobs.append((item, d))
+        looked = ", ".join(f"{p!r} (looked for {_resolved(p, spec)})" for p in unmatched)
+        if not seen:
+            empty.append(f"domain {d.name!r}: field 'sources' matched no volume: {looked}")
+        elif unmatched:
+            print(
+                f"warning: {spec.path}: domain {d.name!r}: source {looked} matched no volume", file=sys.stderr
+            )
+    if empty:
+        raise SpecError(
+            f"{spec.path}: "
+            + "; ".join(empty)
+            + ". Fix the glob or folder (relative sources are relative to the spec's folder), or remove "
+            "the domain"
+        )
     return jobs
+
+
+def _resolved(pattern: str, spec: Spec) -> str:
+    return pattern if os.path.isabs(pattern) else str(spec.base / pattern)
 
 
 @dataclass(kw_only=True)
@@ -204,9 +265,19 @@ class _Collector:
         keep = [] if final else [_record(r) for r in self.unhandled.values()]
         write_manifest(self.out / FILENAME, _ensure_val(self.result.done + keep, self.spec), self.header)
 
+    def say(self, msg: str) -> None:
+        if self.bar is not None:
+            self.bar.write(msg, file=sys.stderr)
+        else:
+            print(msg, file=sys.stderr)
+
     def handle(self, res: dict) -> None:
         result = self.result
         self.unhandled.pop((res["domain"], res["source"]), None)
+        if "rebuilt" in res:
+            path, why = res["rebuilt"]
+            result.rebuilt.append((path, why))
+            self.say(f"warning: {why}; rebuilt it from {res['source']}")
         if "record" in res:
             result.done.append(_record(res["record"]))
         elif "skipped" in res:
@@ -232,7 +303,7 @@ def _run_jobs(args: list[tuple], workers: int, handle: Callable[[dict], None]) -
         for a in args:
             handle(process(*a))
     else:
-        with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker) as pool:
+        with make_pool(workers) as pool:
             futures = [pool.submit(process, *a) for a in args]
             for f in as_completed(futures):
                 handle(f.result())
@@ -246,10 +317,11 @@ def _write_failures(out: Path, failures: list[dict]) -> None:
 
 
 def ingest(spec: Spec, out: str | os.PathLike, *, workers: int = 1, progress: bool = True) -> Result:
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    previous = _previous_records(out)
+    """Raises SpecError when a domain's sources match nothing and OutputFolderError for a bad `out`, both
+    before any work."""
     jobs = _jobs(spec)
+    out = make_output_folder(out)
+    previous = _previous_records(out)
     # Records of the previous manifest not handled yet stay in intermediate checkpoints, so that a crash
     # in the middle of a resumed run does not make the next run redo them.
     unhandled = {

@@ -14,7 +14,6 @@ pre-filter on the axes being downsampled.
 from __future__ import annotations
 
 import numpy as np
-import torch
 from scipy import ndimage
 
 from .readers import IngestFailure, Volume
@@ -49,6 +48,8 @@ def resample(data: np.ndarray, spacing, target) -> tuple[np.ndarray, tuple[float
     sigma = [max(0.0, (t / s - 1) / 2) for s, t in zip(spacing, target)]
     if any(sg > 0 for sg in sigma):
         data = ndimage.gaussian_filter(data, sigma, mode="nearest")
+    import torch  # here: `trainer.ingest` reports a bad spec or --out without torch's import time
+
     with torch.no_grad():
         x = torch.from_numpy(np.ascontiguousarray(data))[None, None]
         y = torch.nn.functional.interpolate(x, size=shape, mode="trilinear", align_corners=False)
