@@ -6,6 +6,9 @@
 
 Writes <out>/runlog.jsonl (voxmix.runlog/1), <out>/checkpoints/, <out>/encoder.pt (MONAI ViT layout),
 <out>/config.json. Exit status: 0 completed, 1 failed (bad input, NaN loss, corrupt checkpoint).
+`--resume` refuses a checkpoint that fails verification (trainer/pretrain/checkpoint_files.py) and settings
+or data that differ from the ones the run started with (trainer/pretrain/resume_check.py lists the few
+that may change); a run folder that another trainer holds (trainer/pretrain/runlock.py) is refused.
 """
 
 from __future__ import annotations
@@ -126,6 +129,13 @@ def main(argv=None) -> int:
         cfg = build_config(args)
     except ConfigError as err:
         print(f"voxmix: {err}", file=sys.stderr)
+        return 1
+    out = Path(cfg.train.out)
+    if out.exists() and not out.is_dir():
+        print(
+            f"voxmix: --out {out} (train.out) exists and is not a folder: choose another --out",
+            file=sys.stderr,
+        )
         return 1
     rank, world, local_rank = _dist_env()
     import torch

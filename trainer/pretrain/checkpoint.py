@@ -2,13 +2,16 @@
 
 Layout under `<out>/checkpoints/`:
   step_000040/            DeepSpeed's files for tag `step_000040` (model, optimizer shards, lr scheduler)
-  step_000040/voxmix_rank{r}.pt   per-rank RNG states (torch, CUDA, numpy, python, the mask generator)
-  step_000040/voxmix_files.json   size of every file of the tag, written after all ranks finished
+  step_000040/voxmix_rank{r}.pt   per-rank RNG states as tensors and numbers only (torch, CUDA, NumPy,
+                          Python, the mask generator), read back with `weights_only=True`
+  step_000040/voxmix_files.json   size and sha256 of every file of the tag, written after all ranks finished
   latest.json             {"tag", "step", ...}: written last, atomically (temp + rename)
 
 `latest.json` only ever names a tag whose files are all on disk (it is replaced after a barrier that
 follows every rank's save), so a kill mid-save leaves the previous checkpoint as the last good one.
-DeepSpeed's own `latest` file is not used: it is written in place, not atomically.
+DeepSpeed's own `latest` file is not used: it is written in place, not atomically. Before anything of a
+tag is loaded, `checkpoint_files.verify` checks the tag name, the file list, every sha256 and every pickle
+(restricted unpickler): see that module for what is trusted.
 
 `CheckpointManager` is the training loop's view: when a save is due, what the trainer adds to DeepSpeed's
 state (loader position, evaluations done), and where the last good checkpoint is.
@@ -17,10 +20,9 @@ state (loader position, evaluations done), and where the last good checkpoint is
 from __future__ import annotations
 
 import io
-import json
 import random
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,16 +30,14 @@ import numpy as np
 import torch
 
 from voxmix.formats.io import atomic_write_bytes, atomic_write_json
+from voxmix.trainer.pretrain import checkpoint_files
+from voxmix.trainer.pretrain.checkpoint_files import FILES, LATEST, CheckpointError
 from voxmix.trainer.pretrain.state import TrainState, every
 
-LATEST = "latest.json"
+__all__ = ["DIRNAME", "FILES", "LATEST", "CheckpointError", "CheckpointManager"]
+
 DIRNAME = "checkpoints"
 """A run's checkpoints live in <run>/checkpoints/: the trainer writes there, the sweep looks there."""
-FILES = "voxmix_files.json"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing or unreadable; the message names the file."""
 
 
 def tag_for(step: int) -> str:
@@ -45,10 +45,26 @@ def tag_for(step: int) -> str:
 
 
 def rng_state(mask_gen: torch.Generator) -> dict[str, Any]:
+    """Every RNG the run draws from, as tensors, ints, floats and None (what `weights_only` loads).
+
+    NumPy's legacy state is ("MT19937", 624 uint32 keys, pos, has_gauss, cached_gaussian) and Python's
+    is (version, 625 ints < 2**32, gauss_next): the keys go into int64 tensors, the rest stays numbers, so
+    `set_rng_state` restores them bit for bit."""
+    _, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    version, internal, gauss_next = random.getstate()
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
-        "python": random.getstate(),
+        "numpy": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "python": {
+            "version": int(version),
+            "internal": torch.tensor(internal, dtype=torch.int64),
+            "gauss_next": gauss_next,
+        },
         "mask_generator": mask_gen.get_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -57,9 +73,17 @@ def rng_state(mask_gen: torch.Generator) -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any], mask_gen: torch.Generator) -> None:
+    """Restore what `rng_state` saved; KeyError/TypeError/ValueError for anything else."""
+    npy, py = state["numpy"], state["python"]
+    keys = npy["keys"].numpy().astype(np.uint32)
+    np.random.set_state(
+        ("MT19937", keys, int(npy["pos"]), int(npy["has_gauss"]), float(npy["cached_gaussian"]))
+    )
+    gauss = py["gauss_next"]
+    random.setstate(
+        (int(py["version"]), tuple(py["internal"].tolist()), None if gauss is None else float(gauss))
+    )
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
     mask_gen.set_state(state["mask_generator"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
@@ -88,10 +112,7 @@ def save(
     atomic_write_bytes(tag_dir / f"voxmix_rank{rank}.pt", buf.getvalue())
     _barrier()
     if rank == 0:
-        files = {
-            str(p.relative_to(tag_dir)): p.stat().st_size for p in sorted(tag_dir.rglob("*")) if p.is_file()
-        }
-        atomic_write_json(tag_dir / FILES, files)
+        checkpoint_files.record(tag_dir)
         atomic_write_json(
             ckpt_dir / LATEST, {"tag": tag, "step": step, "world_size": client_state.get("world_size")}
         )
@@ -103,39 +124,24 @@ def save(
 
 
 def find_latest(ckpt_dir: Path) -> tuple[str, Path]:
-    """-> (tag, tag_dir) of the last complete checkpoint; CheckpointError naming the file otherwise."""
-    latest = Path(ckpt_dir) / LATEST
-    try:
-        info = json.loads(latest.read_text(encoding="utf-8"))
-        tag = info["tag"]
-    except FileNotFoundError:
-        raise CheckpointError(f"--resume: no checkpoint to resume from: {latest} does not exist") from None
-    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"--resume: {latest} is corrupt ({type(err).__name__}: {err})") from None
-    tag_dir = latest.parent / str(tag)
-    files_path = tag_dir / FILES
-    try:
-        files = json.loads(files_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CheckpointError(
-            f"--resume: checkpoint {tag} named by {latest} is incomplete: {files_path} is missing"
-        ) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"--resume: {files_path} is corrupt ({err})") from None
-    for name, size in files.items():
-        p = tag_dir / name
-        if not p.is_file():
-            raise CheckpointError(f"--resume: checkpoint file {p} is missing")
-        if p.stat().st_size != size:
-            raise CheckpointError(
-                f"--resume: checkpoint file {p} is corrupt: {p.stat().st_size} bytes, saved with {size}"
-            )
-    return tag, tag_dir
+    """-> (tag, tag_dir) of the last complete checkpoint, verified (`checkpoint_files.verify`: name, file
+    list, sha256, restricted unpickling); CheckpointError naming the file otherwise."""
+    return checkpoint_files.verify(ckpt_dir)
 
 
-def load(engine, ckpt_dir: Path, mask_gen: torch.Generator, *, rank: int) -> dict:
-    """Load the last complete checkpoint into `engine` and the RNGs; -> the trainer's client state."""
-    tag, tag_dir = find_latest(ckpt_dir)
+def load_rng_file(path: Path) -> dict[str, Any]:
+    """A voxmix_rank{r}.pt, tensors and numbers only (`weights_only=True`: no code runs on unpickling)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise CheckpointError(f"--resume: checkpoint file {path} is corrupt: {err}") from err
+    return state
+
+
+def load(engine, ckpt_dir: Path, mask_gen: torch.Generator, *, rank: int, verified: tuple[str, Path]) -> dict:
+    """Load checkpoint `verified` (the (tag, tag_dir) that `find_latest` checked) into `engine` and the
+    RNGs; -> the trainer's client state."""
+    tag, tag_dir = verified
     try:
         path, client = engine.load_checkpoint(
             str(ckpt_dir), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
@@ -151,11 +157,13 @@ def load(engine, ckpt_dir: Path, mask_gen: torch.Generator, *, rank: int) -> dic
         raise CheckpointError(
             f"--resume: {rng_file} is missing: the checkpoint was saved with world size {client['world_size']}"
         )
+    state = load_rng_file(rng_file)
     try:
-        state = torch.load(rng_file, map_location="cpu", weights_only=False)
-    except Exception as err:
-        raise CheckpointError(f"--resume: checkpoint file {rng_file} is corrupt: {err}") from err
-    set_rng_state(state, mask_gen)
+        set_rng_state(state, mask_gen)
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as err:
+        raise CheckpointError(
+            f"--resume: checkpoint file {rng_file} does not hold voxmix RNG states ({type(err).__name__}: {err})"
+        ) from None
     return client
 
 
@@ -170,6 +178,8 @@ class CheckpointManager:
     rank: int
     world_size: int
     mask_gen: torch.Generator
+    verified: tuple[str, Path] | None = field(default=None, init=False)
+    """(tag, tag_dir) that `latest()` verified: `load` reads exactly that, without hashing it again."""
 
     @property
     def latest_path(self) -> Path:
@@ -180,8 +190,9 @@ class CheckpointManager:
         return every(step, self.every_steps, final=final)
 
     def latest(self) -> tuple[str, Path]:
-        """(tag, tag_dir) of the last complete checkpoint; CheckpointError naming the file otherwise."""
-        return find_latest(self.dir)
+        """(tag, tag_dir) of the last complete checkpoint, verified; CheckpointError naming the file."""
+        self.verified = find_latest(self.dir)
+        return self.verified
 
     def save(self, engine: Any, state: TrainState, loader: Any) -> Path:
         """Save after optimizer step `state.step` with the loader position and the evaluations done."""
@@ -195,6 +206,7 @@ class CheckpointManager:
 
     def load(self, engine: Any, loader: Any) -> list[int]:
         """Restore the engine, the RNGs and the loader position; -> the evaluation points already done."""
-        client = load(engine, self.dir, self.mask_gen, rank=self.rank)
+        verified = self.verified or self.latest()
+        client = load(engine, self.dir, self.mask_gen, rank=self.rank, verified=verified)
         loader.load_state_dict(client["loader"])
         return list(client["evals_done"])

@@ -11,6 +11,10 @@ processor):
   CheckpointManager   checkpoint.py      save/load/latest, `due(step)`
   MetricsSink         sink.py            run log and TensorBoard (rank 0), console
   ThroughputWindow    metrics.py         samples/s, data wait, TFLOP/s, MFU between two boundaries
+
+Before anything is written or the process group starts, every rank takes its run-folder lock
+(runlock.py, held until `run` returns) and, with --resume, verifies the checkpoint (checkpoint_files.py)
+and checks that the settings and data match the ones the run started with (resume_check.py).
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ from voxmix.trainer.pretrain.evaluation import EvalSet, Evaluator
 from voxmix.trainer.pretrain.metrics import ThroughputWindow, peak_tflops
 from voxmix.trainer.pretrain.model import MAE3D, export_encoder, train_flops_per_sample
 from voxmix.trainer.pretrain.optim import build_optimizer, deepspeed_config
+from voxmix.trainer.pretrain.resume_check import check_resume, data_digest
+from voxmix.trainer.pretrain.runlock import RunFolderBusy, RunFolderLock
 from voxmix.trainer.pretrain.sink import MetricsSink, tensorboard_writer_class
 from voxmix.trainer.pretrain.state import Boundary, TrainState
 from voxmix.trainer.pretrain.step import BatchStream, NonFiniteLoss, boundary_loss, train_step
@@ -89,6 +95,7 @@ class Trainer:
             mask_gen=self.mask_gen,
         )
         self.sink: MetricsSink | None = None
+        self.lock: RunFolderLock | None = None
 
     # -----------------------------------------------------------------------------------------------
     def run(self) -> int:
@@ -106,7 +113,7 @@ class Trainer:
             )
             self._train(self.sink)
             return 0
-        except (NonFiniteLoss, CheckpointError, ValueError) as err:
+        except (NonFiniteLoss, CheckpointError, RunFolderBusy, ValueError) as err:
             print(f"voxmix: rank {self.rank}: {err}", file=sys.stderr, flush=True)
             if self.sink is not None:
                 self.sink.failed(int(getattr(getattr(self, "engine", None), "global_steps", 0)), str(err))
@@ -114,6 +121,8 @@ class Trainer:
         finally:
             if self.sink is not None:
                 self.sink.close()
+            if self.lock is not None:
+                self.lock.release()  # the process exits next (main returns); in-process callers reuse the folder
 
     def _train(self, sink: MetricsSink) -> int:
         """Resume or start, then optimizer steps with evaluations, logs and saves at their boundaries."""
@@ -158,9 +167,21 @@ class Trainer:
         return state.step
 
     def _preflight(self) -> None:
-        """Checked on every rank before any start-up cost, so all ranks stop alike."""
+        """Checked on every rank before any start-up cost and before anything is written (the lock file
+        aside), so all ranks stop alike and a refused run leaves its folder as it was."""
+        try:
+            self.lock = RunFolderLock(self.out, self.rank).acquire()
+        except OSError as err:
+            raise ValueError(f"--out {self.out}: cannot create the run folder's lock: {err}") from None
+        self._plan_steps(len(self.sampler) // (self.cfg.data.batch_size * self.world))
         if self.resume:
-            self.ckpt.latest()
+            self.ckpt.latest()  # name, file list, sha256, restricted unpickling: before anything loads
+            check_resume(
+                self.out,
+                config=self.cfg.to_dict(),
+                defaults=Config().to_dict(),
+                identity={**self._start_fields(), "world_size": self.world},
+            )
         elif (self.out / RUNLOG).exists():
             raise ValueError(
                 f"{self.out / RUNLOG} exists: pass --resume to continue that run, or choose another --out"
@@ -231,6 +252,7 @@ class Trainer:
             precision=self.precision,
             device=str(self.device),
             total_steps=self.total_steps,
+            data_digest=data_digest(self.manifest, self.alloc),
         )
 
     # -----------------------------------------------------------------------------------------------
@@ -256,7 +278,6 @@ class Trainer:
             seed=cfg.train.seed,
             augment=cfg.data.augment,
         )
-        self._plan_steps(len(self.loader))
         self.schedule = self.sampler.domain_ids()
         opt, sched = build_optimizer(self.model, cfg, self.total_steps)
         ds_cfg = deepspeed_config(cfg, world_size=self.world, bf16=self.bf16)
@@ -298,7 +319,8 @@ class Trainer:
         self.mask_gen.manual_seed(cfg.train.seed * 1_000_003 + self.rank)
 
     def _plan_steps(self, micro: int) -> None:
-        """Optimizer steps, micro-batches and trained samples of the run from the loader's batch count."""
+        """Optimizer steps, micro-batches and trained samples of the run from its micro-batch count (the
+        loader's length: whole global batches of the sampler's sequence)."""
         cfg = self.cfg
         accum = cfg.optim.grad_accum
         self.total_steps = micro // accum
