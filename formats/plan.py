@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,52 @@ def _number(x: Any) -> bool:
     return not isinstance(x, bool) and isinstance(x, (int, float)) and math.isfinite(x)
 
 
+# A run id becomes a folder name (<runs_dir>/<run_id>), a file name (`_sweep/<run_id>.attempt1.log`) and a
+# word of the SLURM script: plain characters only, so that no id can name a path outside the runs folder
+# (`../x`, `/abs`, `.`), hide (`.x`), clash with the sweep's own folder (`_sweep`) or read as an option
+# (`-x`). The characters are those of lawfit's ids (`pair-ct_chest+mri_brain`, `final-x4-s0`).
+RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+=@,-]*")
+RUN_ID_MAX = 200  # leaves room for the sweep's suffixes (.failed12, .attempt3.log) within a 255-byte name
+# The names the sweep gives the folders it moves aside (resume.py): a plan's run may not take them.
+_ASIDE = re.compile(r".*\.(failed|stale)[0-9]+")
+
+
+def check_run_id(rid: Any, where: str) -> str:
+    """`rid` if it is a plain folder name; otherwise a PlanError naming `where` and the value."""
+    plain = isinstance(rid, str) and RUN_ID.fullmatch(rid) is not None and len(rid) <= RUN_ID_MAX
+    if plain and not _ASIDE.fullmatch(rid):
+        return rid
+    why = (
+        "names ending in .failedN or .staleN are those of the runs the sweep moves aside"
+        if plain
+        else f"expected a plain name of at most {RUN_ID_MAX} characters: letters, digits and _ . + = @ , - "
+        "(not first)"
+    )
+    raise PlanError(f"{where}: field 'run_id' {rid!r} is not a usable folder name: {why}")
+
+
+def _check_mixture(mix: Any, domains: list[str] | None, where: str) -> dict[str, float]:
+    if not isinstance(mix, dict) or not mix:
+        raise PlanError(f"{where}: field 'mixture': expected an object of domain weights")
+    unknown = [d for d in mix if domains is not None and d not in domains]
+    if unknown:
+        raise PlanError(
+            f"{where}: field 'mixture': unknown domain(s) {unknown} (the plan's domains: {domains})"
+        )
+    for d, w in mix.items():
+        # Each weight by name: the trainer would refuse a NaN or negative one only at launch.
+        if not (_number(w) and w >= 0):
+            raise PlanError(f"{where}: field 'mixture.{d}': expected a finite weight >= 0, got {w!r}")
+    total = math.fsum(mix.values())
+    if total == 0:
+        raise PlanError(f"{where}: field 'mixture': every weight is 0 (a run needs a domain to train on)")
+    if abs(total - 1) > 1e-6:
+        raise PlanError(
+            f"{where}: field 'mixture': weights must sum to 1, got {total!r} ({list(mix.values())})"
+        )
+    return {str(d): float(x) for d, x in mix.items()}
+
+
 def _parse_run(r: Any, domains: list[str] | None, where: str) -> PlannedRun:
     """One run, checked field by field; with `domains` None, mixture keys are not checked yet."""
     if not isinstance(r, dict):
@@ -81,19 +128,9 @@ def _parse_run(r: Any, domains: list[str] | None, where: str) -> PlannedRun:
     for key in ("run_id", "mixture", "budget_samples", "eval_at"):
         if key not in r:
             raise PlanError(f"{where}: field '{key}' is missing")
-    rid = r["run_id"]
-    # The run id names a folder: no separators, no hidden or private names.
-    if not isinstance(rid, str) or not rid or "/" in rid or rid.startswith((".", "_")):
-        raise PlanError(f"{where}: field 'run_id' {rid!r} is not a usable folder name")
-    mix = r["mixture"]
-    if not isinstance(mix, dict) or not mix:
-        raise PlanError(f"{where}: field 'mixture': expected an object of domain weights")
-    unknown = [d for d in mix if domains is not None and d not in domains]
-    if unknown:
-        raise PlanError(f"{where}: field 'mixture': unknown domain(s) {unknown}")
-    w = list(mix.values())
-    if not all(_number(x) and x >= 0 for x in w) or abs(sum(w) - 1) > 1e-6:
-        raise PlanError(f"{where}: field 'mixture': weights must be >= 0 and sum to 1, got {w}")
+    rid = check_run_id(r["run_id"], where)
+    where = f"{where} ({rid!r})"
+    mix = _check_mixture(r["mixture"], domains, where)
     budget = r["budget_samples"]
     if isinstance(budget, bool) or not isinstance(budget, int) or budget <= 0:
         raise PlanError(f"{where}: field 'budget_samples': expected a positive integer, got {budget!r}")
@@ -109,7 +146,7 @@ def _parse_run(r: Any, domains: list[str] | None, where: str) -> PlannedRun:
     return PlannedRun(
         run_id=rid,
         role=role,
-        mixture={str(d): float(x) for d, x in mix.items()},
+        mixture=mix,
         budget_samples=budget,
         eval_at=list(ev),
         seed=seed,

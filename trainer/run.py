@@ -75,6 +75,16 @@ def build_config(args) -> Config:
 def _dist_env() -> tuple[int, int, int]:
     """Rank, world size, local rank from the launcher's environment; a one-rank group when absent."""
     if "RANK" not in os.environ:
+        for var in ("SLURM_STEP_NUM_TASKS", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE"):
+            n = os.environ.get(var, "1")
+            if n.isdigit() and int(n) > 1:
+                # One of several srun/MPI tasks (e.g. `deepspeed --launcher slurm`) that no launcher gave a
+                # rank: each would silently become its own one-rank run, all writing the same --out.
+                raise ConfigError(
+                    f"started as one of {n} tasks ({var}) without RANK/WORLD_SIZE (e.g. deepspeed "
+                    "--launcher slurm): start one deepspeed launcher per node (scripts/slurm/train.sbatch, "
+                    "docs/training.md 'Multi-node')"
+                )
         with socket.socket() as s:  # plain `python trainer/run.py`: a free port for the one-rank group
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
@@ -137,7 +147,11 @@ def main(argv=None) -> int:
             file=sys.stderr,
         )
         return 1
-    rank, world, local_rank = _dist_env()
+    try:
+        rank, world, local_rank = _dist_env()
+    except ConfigError as err:
+        print(f"voxmix: {err}", file=sys.stderr)
+        return 2
     import torch
 
     if not torch.cuda.is_available():

@@ -7,16 +7,27 @@ local: a queue over the machine's GPUs (groups of `--gpus-per-run`) or, without 
 groups (`DS_ACCELERATOR=cpu`, gloo). slurm: a job array, one task per pending run, each task running this
 module for its one run (`--only RUN_ID`), so skipping and the retry are the same as locally.
 
+Checked before anything starts (exit 2, the reason on the console): the plan, each run's trainer config,
+whole global batches, and every mixture domain against the manifest.
+
 Resumable: a run whose `runlog.jsonl` ends `completed` is skipped; an interrupted run (no `end` event)
 with a checkpoint continues with `--resume`; a failed run is moved aside to `<id>.failedN/` (its log
-renamed so that `lawfit fit runs/` ignores it) and retried once from scratch, then reported. The summary
-table is printed and written to `<runs-dir>/_sweep/summary.json`. Exit 0 when every run completed, 1 when
-some failed, 2 on bad input.
+renamed so that `lawfit fit runs/` ignores it) and retried once from scratch, then reported. A finished
+(or interrupted) run whose log records other settings than the plan's (mixture, budget, seed, evaluation
+points, trainer config) is *stale*: listed with each field old -> new and not run; `--rerun-stale` moves
+it aside to `<id>.staleN/` and runs it again, `--keep-stale` accepts it. A run folder that a live trainer
+holds is *busy*: reported with that trainer's pid, never started twice.
+
+Stopping the sweep (Ctrl-C, SIGTERM, SIGHUP) stops the runs it started (launcher and ranks) before it
+exits; if the sweep is killed outright (SIGKILL), each run's guard ends them. The summary table is printed
+and written to `<runs-dir>/_sweep/summary.json`. Exit 0 when every run is done, 1 when some failed, are
+busy or stale, 2 on bad input, 128 + N when stopped by signal N (130 for Ctrl-C).
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -44,6 +55,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--deepspeed", default=str(Path(sys.executable).with_name("deepspeed")))
     p.add_argument("--dry-run", action="store_true", help="print the commands (or the sbatch script) only")
+    stale = p.add_mutually_exclusive_group()
+    stale.add_argument(
+        "--rerun-stale", action="store_true", help="move stale runs aside to <id>.staleN/ and run them again"
+    )
+    stale.add_argument("--keep-stale", action="store_true", help="accept stale finished runs as they are")
     return p.parse_args(argv)
 
 
@@ -62,6 +78,8 @@ def options_from_args(a: argparse.Namespace) -> SweepOptions:
         sbatch=tuple(a.sbatch or ()),
         deepspeed=a.deepspeed,
         dry_run=a.dry_run,
+        rerun_stale=a.rerun_stale,
+        keep_stale=a.keep_stale,
     )
 
 
@@ -72,6 +90,14 @@ def main(argv: list[str] | None = None) -> int:
     except (SweepError, FormatError) as err:
         print(f"sweep: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as stop:  # the runs it had started are stopped (trainer/study/local.py)
+        signum = getattr(stop, "signum", signal.SIGINT)
+        print(
+            f"sweep: stopped by {signal.Signals(signum).name}; the runs it had started were stopped. Rerun "
+            "the same command to continue (interrupted runs resume from their last checkpoint)",
+            file=sys.stderr,
+        )
+        return 128 + signum
     print(result.summary)
     return result.exit_code
 

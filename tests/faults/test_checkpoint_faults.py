@@ -199,3 +199,30 @@ def test_checkpoint_of_an_older_voxmix_is_refused_with_what_to_do(tmp_path):
     _refused(ckpt, "expected version 2", "got version 3")
     (tag_dir / FILES).unlink()
     _refused(ckpt, str(tag_dir / FILES), "is missing")
+
+
+def test_each_rank_hashes_its_own_files_and_rank0_merges_them(tmp_path):
+    """A 3-rank ZeRO-3 + bf16-like tag: the per-rank lists merged equal one process hashing everything,
+    and each file is hashed by exactly one rank (the one that writes it)."""
+    from voxmix.trainer.pretrain.checkpoint_files import hash_own_files, owner_rank
+
+    tag = tmp_path / "step_000004"
+    tag.mkdir()
+    names = {
+        "mp_rank_00_model_states.pt": 0,
+        "zero_to_fp32.py": 0,
+        "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt": 0,
+        "bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt": 1,
+        "zero_pp_rank_2_mp_rank_00_model_states.pt": 2,
+        "zero_pp_rank_12_mp_rank_00_optim_states.pt": 12,
+        "voxmix_rank1.pt": 1,
+        "voxmix_rank2.pt": 2,
+    }
+    for i, n in enumerate(names):
+        (tag / n).write_bytes(bytes([i]) * (100 + i))
+    assert {n: owner_rank(n) for n in names} == names
+    parts = [hash_own_files(tag, r) for r in (0, 1, 2, 12)]
+    assert sum(len(p) for p in parts) == len(names)  # no file hashed twice, none missed
+    merged = record(tag, parts)
+    whole = record(tag, None)
+    assert merged == whole and set(whole["files"]) == set(names)

@@ -97,3 +97,56 @@ def test_read_names_the_file_and_write_refuses(tmp_path):
     assert not out.exists()
     write_plan(out, parse_plan(_plan()))  # a typed Plan keeps both fields through a round trip
     assert json.loads(out.read_text())["global_batch"] == 8 and read_plan(out).design == "pairs"
+
+
+# A run id becomes a folder under the sweep's (and `lawfit simulate --plan`'s) output folder (#15).
+@pytest.mark.parametrize(
+    "rid",
+    ["../../x", "/abs", ".", "..", "a/b", "a\\b", "a\x00b", "a\nb", "", " x", "-x", ".hidden", "_sweep",
+     "x" * 201, "pilot-a.failed1", "pilot-a.stale2", 5, None, ["a"]],
+)  # fmt: skip
+def test_run_ids_that_are_not_plain_folder_names_are_refused(rid):
+    obj = _plan(run1_run_id=rid)
+    with pytest.raises(
+        PlanError, match=r"^plan.json: runs\[1\]: field 'run_id' .* is not a usable folder name"
+    ):
+        parse_plan(obj, "plan.json")
+
+
+def test_plain_run_ids_are_kept():
+    for rid in (
+        "pair-ct_chest+mri_brain",
+        "final-transfer_aware-x4-s0",
+        "holdout-skewed1",
+        "a.b=c,d@e",
+        "x" * 200,
+    ):
+        assert parse_plan(_plan(run1_run_id=rid)).runs[1].run_id == rid
+
+
+@pytest.mark.parametrize(
+    ("mixture", "match"),
+    [
+        ({"ct": float("nan"), "mri": 1.0}, r"field 'mixture.ct': expected a finite weight >= 0, got nan"),
+        ({"ct": -0.5, "mri": 1.5}, r"field 'mixture.ct': expected a finite weight >= 0, got -0.5"),
+        ({"ct": float("inf"), "mri": 0.0}, r"field 'mixture.ct'.* got inf"),
+        ({"ct": "0.5", "mri": 0.5}, r"field 'mixture.ct'.* got '0.5'"),
+        ({"ct": True, "mri": 0.0}, r"field 'mixture.ct'.* got True"),
+        ({"ct": 0.0, "mri": 0.0}, r"field 'mixture': every weight is 0"),
+        ({"ct": 0.3, "mri": 0.3}, r"field 'mixture': weights must sum to 1, got 0.6"),
+        ({"ct": 0.5, "pet": 0.5}, r"field 'mixture': unknown domain\(s\) \['pet'\]"),
+        ({}, r"field 'mixture': expected an object of domain weights"),
+    ],
+)
+def test_bad_mixture_weights_name_the_run_and_domain(mixture, match):
+    with pytest.raises(PlanError, match=r"^plan.json: runs\[1\] \('pair-ct\+mri'\): " + match):
+        parse_plan(_plan(run1_mixture=mixture), "plan.json")
+
+
+def test_a_nan_weight_in_the_file_is_named(tmp_path):
+    # JSON has no NaN, but Python's json module (and many writers) emit and read the bare word
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(_plan(run1_mixture={"ct": float("nan"), "mri": 1.0})))
+    assert "NaN" in path.read_text()
+    with pytest.raises(PlanError, match=rf"^{path}: runs\[1\] \('pair-ct\+mri'\): field 'mixture.ct'.* nan"):
+        read_plan(path)

@@ -96,6 +96,17 @@ def _barrier():
         dist.barrier()
 
 
+def _gather(part: dict) -> list[dict] | None:
+    """Every rank's `part` on every rank (None without a process group)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return None
+    parts: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, part)
+    return parts
+
+
 def save(
     engine, ckpt_dir: Path, step: int, client_state: dict, mask_gen: torch.Generator, *, rank: int, keep: int
 ) -> Path:
@@ -110,9 +121,10 @@ def save(
     buf = io.BytesIO()
     torch.save(rng_state(mask_gen), buf)
     atomic_write_bytes(tag_dir / f"voxmix_rank{rank}.pt", buf.getvalue())
-    _barrier()
+    _barrier()  # every rank's files are complete: their owners hash them
+    parts = _gather(checkpoint_files.hash_own_files(tag_dir, rank))
     if rank == 0:
-        checkpoint_files.record(tag_dir)
+        checkpoint_files.record(tag_dir, parts)
         atomic_write_json(
             ckpt_dir / LATEST, {"tag": tag, "step": step, "world_size": client_state.get("world_size")}
         )

@@ -1,6 +1,7 @@
 """A checkpoint tag's file list (`voxmix_files.json`) and the checks that run before anything of it is loaded.
 
-Written by rank 0 after every rank has saved (`record`), checked on every rank at `--resume` (`verify`):
+Each rank hashes the files it wrote (`hash_own_files`); rank 0 writes the list after every rank has saved
+(`record`), checked on every rank at `--resume` (`verify`):
 
   version 2   {"version": 2, "tag": "step_000040", "files": {name: {"size": bytes, "sha256": hex}}}
 
@@ -76,14 +77,44 @@ def _walk(tag_dir: Path) -> tuple[list[str], list[str]]:
     return sorted(f for f in files if f != FILES), sorted(links)
 
 
-def record(tag_dir: Path) -> dict[str, Any]:
-    """Write `tag_dir/voxmix_files.json`: size and sha256 of every file of the tag (rank 0, after all
-    ranks saved). -> the written object."""
+_RANK_FILE = re.compile(r"(?:^|_)zero_pp_rank_(\d+)_|^voxmix_rank(\d+)\.pt$")
+
+
+def owner_rank(name: str) -> int:
+    """The rank that writes file `name` of a tag: DeepSpeed's per-rank shards (`*zero_pp_rank_<r>_*`; the
+    data-parallel rank, which is the global rank here: no model or pipeline parallelism) and voxmix's
+    `voxmix_rank<r>.pt`; every other file (the ZeRO-1/2 model states, DeepSpeed's scripts) is rank 0's."""
+    m = _RANK_FILE.search(Path(name).name)
+    return int(next(g for g in m.groups() if g is not None)) if m else 0
+
+
+def hash_own_files(tag_dir: Path, rank: int) -> dict[str, dict[str, Any]]:
+    """{name: {size, sha256}} of the files of the tag that rank `rank` wrote (`owner_rank`).
+
+    Each rank hashes its own shards right after writing them, on its own node: the work is spread over
+    the ranks instead of rank 0 reading every shard at every save, and a file is hashed where it was
+    written, so a shared filesystem whose other nodes see a new file late (NFS attribute caches) cannot
+    leave it out of the list."""
     tag_dir = Path(tag_dir)
     names, _ = _walk(tag_dir)
-    digests = _digests(tag_dir, names)
-    files = {n: {"size": (tag_dir / n).stat().st_size, "sha256": digests[n]} for n in names}
-    obj = {"version": VERSION, "tag": tag_dir.name, "files": files}
+    mine = [n for n in names if owner_rank(n) == rank]
+    digests = _digests(tag_dir, mine)
+    return {n: {"size": (tag_dir / n).stat().st_size, "sha256": digests[n]} for n in mine}
+
+
+def record(tag_dir: Path, parts: list[dict[str, dict[str, Any]]] | None = None) -> dict[str, Any]:
+    """Write `tag_dir/voxmix_files.json` (rank 0, after all ranks saved). `parts`: every rank's
+    `hash_own_files`, gathered; None (one process) hashes every file here. -> the written object."""
+    tag_dir = Path(tag_dir)
+    if parts is None:
+        names, _ = _walk(tag_dir)
+        digests = _digests(tag_dir, names)
+        files = {n: {"size": (tag_dir / n).stat().st_size, "sha256": digests[n]} for n in names}
+    else:
+        files = {}
+        for part in parts:
+            files.update(part)
+    obj = {"version": VERSION, "tag": tag_dir.name, "files": dict(sorted(files.items()))}
     atomic_write_json(tag_dir / FILES, obj)
     return obj
 

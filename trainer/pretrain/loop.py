@@ -310,7 +310,9 @@ class Trainer:
         elif "OMP_NUM_THREADS" not in os.environ:
             # CPU ranks share the cores: more threads than cores makes OpenMP spin-wait (10x slower steps
             # seen on 2 cores with 2 ranks x 2 threads). DeepSpeed's launcher sets LOCAL_SIZE.
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_SIZE", "1"))))
+            # The CPUs this process may use (Slurm/cgroup limits), not the machine's count.
+            cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+            torch.set_num_threads(max(1, cpus // int(os.environ.get("LOCAL_SIZE", "1"))))
         deepspeed.init_distributed(dist_backend="nccl" if self.device.type == "cuda" else "gloo")
         if self.device.type == "cpu":
             atexit.register(_remove_shm_buffer, self.rank)

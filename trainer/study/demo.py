@@ -121,7 +121,8 @@ def write_pilot_plan(o: DemoOptions, p: DemoPaths) -> None:
 
 
 def sweep(o: DemoOptions, p: DemoPaths, plan: Path, runs_dir: Path) -> None:
-    """One sweep of real `deepspeed trainer/run.py` launches; a failed run stops the demo."""
+    """One sweep of real `deepspeed trainer/run.py` launches; a run not done (failed, busy, stale) stops
+    the demo."""
     res = run_sweep(
         SweepOptions(
             plan=plan,
@@ -133,9 +134,9 @@ def sweep(o: DemoOptions, p: DemoPaths, plan: Path, runs_dir: Path) -> None:
         )
     )
     print(res.summary)
-    if res.failed:
-        ids = [x.run.run_id for x in res.failed]
-        raise StudyError(f"sweep of {plan}: run(s) {ids} failed; logs in {runs_dir / '_sweep'}")
+    if res.not_done:  # failed, busy (another trainer holds the folder) or stale (other settings)
+        ids = [f"{x.run.run_id} ({x.status})" for x in res.not_done]
+        raise StudyError(f"sweep of {plan}: run(s) {ids} not done; logs in {runs_dir / '_sweep'}")
 
 
 def fit_pilots(o: DemoOptions, p: DemoPaths, fit_dirs: list[Path]) -> None:

@@ -1,43 +1,46 @@
-"""Launchers of a sweep's runs, one interface: `Launcher.run(runs) -> outcomes`.
+"""Launchers of a sweep's runs, one interface: `Launcher.run(runs) -> outcomes`, and what they share.
 
-`LocalLauncher`: a queue over this machine's GPUs (groups of `gpus_per_run`) or, without a GPU, over CPU
-process groups (`DS_ACCELERATOR=cpu`, gloo); each run is a real `deepspeed trainer/run.py` launch, polled,
-retried per the policy of `resume.py`. `SlurmLauncher`: one job array, one task per pending run, each
-task running `python -m trainer.sweep --only RUN_ID --launcher local`, so that skipping and retrying are
-the same as locally.
+`LocalLauncher` (local.py): a queue over this machine's GPUs (groups of `gpus_per_run`) or, without a GPU,
+over CPU process groups (`DS_ACCELERATOR=cpu`, gloo); each run is a real `deepspeed trainer/run.py`
+launch under a guard (processes.py), polled, retried per the policy of `resume.py`. `SlurmLauncher`: one
+job array, one task per pending run, each task running `python -m trainer.sweep --only RUN_ID --launcher
+local`, so that skipping and retrying are the same as locally.
+
+Before anything starts, `Launcher.classify` sorts the runs: complete (skipped), stale (reported: their
+folder holds a run with other settings than the plan's), busy (a live trainer holds the folder's lock:
+reported, never started twice, never moved aside), or pending.
 """
 
 from __future__ import annotations
 
-import os
 import shlex
 import shutil
 import socket
 import subprocess
 import sys
 import time
+import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
 from voxmix.formats.io import atomic_write_text
 from voxmix.formats.plan import PlannedRun
 from voxmix.formats.runlog import FILENAME as RUNLOG
-from voxmix.formats.runlog import RunState, read_state
+from voxmix.formats.runlog import RunLogError, RunState, read_runlog, read_state
 from voxmix.trainer.pretrain import checkpoint
+from voxmix.trainer.pretrain.runlock import describe_holders, holders
 
 from .options import REPO, SweepError, SweepOptions
-from .resume import Action, Verdict, decide, settle
+from .resume import Action, RunDefinition, decide, differences, recorded_definition
 
 SWEEP_DIR = "_sweep"
-POLL_S = 0.5
 
 
 @dataclass(kw_only=True)
 class Outcome:
     run: PlannedRun
-    status: str = "pending"  # done (skipped) | completed | failed | submitted | dry-run
+    status: str = "pending"  # done (skipped) | completed | failed | busy | stale | submitted | dry-run
     attempts: int = 0
     seconds: float = 0.0
     note: str = ""
@@ -79,186 +82,111 @@ def launch_command(run: PlannedRun, o: SweepOptions, out: Path, gpus: list[int] 
     return cmd + ["--master_port", str(_free_port())] + trainer_args(run, o, out)
 
 
-def run_state(run_dir: Path, run: PlannedRun) -> tuple[Action, RunState]:
-    """The policy's action for a run folder, and the state it was decided on."""
+def stale_mode(o: SweepOptions) -> str:
+    return "rerun" if o.rerun_stale else "keep" if o.keep_stale else "report"
+
+
+def logged_differences(log: Path, planned: RunDefinition) -> list[str]:
+    """How the run logged at `log` differs from `planned` (resume.differences); a log that cannot be
+    read is one difference of its own, so that the stale path (report, or --rerun-stale) handles it."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a torn last line of a killed writer: read_state's business
+            recorded = recorded_definition(read_runlog(log))
+    except RunLogError as err:
+        return [f"log unreadable ({err})"]
+    return differences(recorded, planned)
+
+
+def inspect_run(
+    run_dir: Path, run: PlannedRun, planned: RunDefinition, stale: str
+) -> tuple[Action, RunState, list[str]]:
+    """The policy's action for a run folder, the state it was decided on, and how the folder's run
+    differs from the planned one (only looked at for a run that would be skipped or resumed)."""
     st = read_state(run_dir / RUNLOG)
     has_ckpt = (run_dir / checkpoint.DIRNAME / checkpoint.LATEST).exists()
-    return decide(run, st, has_checkpoint=has_ckpt, log=str(run_dir / RUNLOG)), st
+    changed: list[str] = []
+    if st.status == "completed" or (st.status == "running" and has_ckpt):
+        changed = logged_differences(run_dir / RUNLOG, planned)
+    return decide(run, st, has_checkpoint=has_ckpt, changed=changed, stale=stale), st, changed
 
 
-def move_aside(run_dir: Path) -> Path:
-    """Keep a failed attempt for inspection where `lawfit fit runs/` does not see it."""
+def busy(run_dir: Path) -> str | None:
+    """Who holds the run folder's lock now (a live trainer), or None."""
+    held = holders(run_dir)
+    return describe_holders(held) if held else None
+
+
+def report_busy(o: Outcome, run_dir: Path, who: str) -> None:
+    o.status = "busy"
+    o.note = f"in use by {who}: not started"
+    say(
+        f"BUSY  {o.run.run_id}: {run_dir} is in use by another trainer ({who}); not started. Wait for it "
+        "to finish or stop it, then rerun the sweep"
+    )
+
+
+def report_stale(o: Outcome, run_dir: Path, st: RunState, changed: list[str]) -> None:
+    what = "finished" if st.status == "completed" else "interrupted"
+    o.status, o.note = "stale", "differs from the plan: " + "; ".join(changed)
+    keep = ", --keep-stale accepts it as it is" if st.status == "completed" else ""
+    say(
+        f"STALE {o.run.run_id}: {run_dir} holds a {what} run with other settings than the plan's: "
+        + "; ".join(changed)
+        + f". Not run: --rerun-stale moves it to {run_dir.name}.staleN/ and runs it again{keep} "
+        "(or delete the folder)"
+    )
+
+
+def move_aside(run_dir: Path, kind: str = "failed") -> Path:
+    """Keep an earlier attempt (`kind`: failed, stale) for inspection where `lawfit fit runs/` does
+    not see it: `<id>.<kind>N/`, its log renamed to `runlog.<kind>.jsonl`."""
     n = 1
-    while run_dir.with_name(f"{run_dir.name}.failed{n}").exists():
+    while run_dir.with_name(f"{run_dir.name}.{kind}{n}").exists():
         n += 1
-    dest = run_dir.with_name(f"{run_dir.name}.failed{n}")
+    dest = run_dir.with_name(f"{run_dir.name}.{kind}{n}")
     run_dir.rename(dest)
     if (dest / RUNLOG).exists():
-        (dest / RUNLOG).rename(dest / "runlog.failed.jsonl")
+        (dest / RUNLOG).rename(dest / f"runlog.{kind}.jsonl")
     return dest
 
 
 class Launcher(ABC):
     """Runs (or submits) the planned runs of one sweep; every run gets an `Outcome`, in plan order."""
 
-    def __init__(self, options: SweepOptions):
+    def __init__(self, options: SweepOptions, planned: dict[str, RunDefinition]):
         self.o = options
         self.runs_dir = Path(options.runs_dir)
+        self.planned = planned
+        """Each run's definition (plan entry and trainer config), by run id: what a folder must hold."""
+
+    def inspect(self, r: PlannedRun) -> tuple[Action, RunState, list[str]]:
+        return inspect_run(self.runs_dir / r.run_id, r, self.planned[r.run_id], stale_mode(self.o))
+
+    def classify(self, runs: list[PlannedRun]) -> tuple[dict[str, Outcome], list[PlannedRun]]:
+        """Every run's outcome so far (done, stale, busy, or still pending) and the pending runs."""
+        outcomes = {r.run_id: Outcome(run=r) for r in runs}
+        pending = []
+        for r in runs:
+            o, run_dir = outcomes[r.run_id], self.runs_dir / r.run_id
+            who = busy(run_dir)
+            if who is not None:
+                report_busy(o, run_dir, who)
+                continue
+            action, st, changed = self.inspect(r)
+            if action is Action.SKIP:
+                o.status, o.final_loss = "done", st.last_loss
+                o.note = "completed earlier: skipped" + (
+                    f" (stale, kept: {'; '.join(changed)})" if changed else ""
+                )
+            elif action is Action.STALE:
+                report_stale(o, run_dir, st, changed)
+            else:
+                pending.append(r)
+        return outcomes, pending
 
     @abstractmethod
     def run(self, runs: list[PlannedRun]) -> list[Outcome]: ...
-
-
-# ---- local -------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Slots:
-    """Where the runs go: `groups[i]` are slot i's GPU ids (None on CPU), and the runs' environment."""
-
-    gpus: int
-    groups: list[list[int] | None]
-    env: dict[str, str]
-
-    @property
-    def parallel(self) -> int:
-        return len(self.groups)
-
-
-def plan_slots(gpus: int, cpus: int, gpus_per_run: int, parallel: int, environ: dict[str, str]) -> Slots:
-    """Slots over `gpus` visible GPUs, or CPU process groups when there is none (pure)."""
-    if gpus and gpus_per_run > gpus:
-        raise SweepError(f"--gpus-per-run {gpus_per_run}: only {gpus} GPU(s) visible")
-    slots_max = gpus // gpus_per_run if gpus else max(1, cpus // gpus_per_run)
-    n = min(parallel or (slots_max if gpus else 1), slots_max)
-    groups = [list(range(i * gpus_per_run, (i + 1) * gpus_per_run)) if gpus else None for i in range(n)]
-    env = dict(environ)
-    if not gpus:
-        env["DS_ACCELERATOR"] = "cpu"
-        if n > 1 and "OMP_NUM_THREADS" not in env:
-            # The trainer splits the cores between the ranks of one run; here runs also share them.
-            env["OMP_NUM_THREADS"] = str(max(1, cpus // (n * gpus_per_run)))
-    return Slots(gpus, groups, env)
-
-
-def _device_count() -> int:
-    import torch
-
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
-
-
-@dataclass
-class _Attempt:
-    proc: subprocess.Popen
-    run: PlannedRun
-    started: float
-    log: IO[str]
-    log_path: Path
-
-
-def _stop(attempts: list[_Attempt], grace_s: float = 10.0) -> None:
-    """Stop the runs still going when the sweep itself stops (an error, Ctrl-C): run in process (the
-    demo), the sweep must not leave trainers behind. The deepspeed launcher passes SIGTERM to its ranks."""
-    for att in attempts:
-        att.proc.terminate()
-    for att in attempts:
-        try:
-            att.proc.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            att.proc.kill()
-        att.log.close()
-
-
-class LocalLauncher(Launcher):
-    """Parallel `deepspeed` subprocesses in slots, polled; failed runs retried per `resume.settle`."""
-
-    def run(self, runs: list[PlannedRun]) -> list[Outcome]:
-        slots = plan_slots(
-            _device_count(), os.cpu_count() or 1, self.o.gpus_per_run, self.o.parallel, dict(os.environ)
-        )
-        (self.runs_dir / SWEEP_DIR).mkdir(parents=True, exist_ok=True)
-        outcomes = {r.run_id: Outcome(run=r) for r in runs}
-        queue: list[PlannedRun] = []
-        for r in runs:
-            action, st = run_state(self.runs_dir / r.run_id, r)
-            if action is Action.SKIP:
-                o = outcomes[r.run_id]
-                o.status, o.final_loss, o.note = "done", st.last_loss, "completed earlier: skipped"
-            else:
-                queue.append(r)
-        unit = "GPU(s)" if slots.gpus else "CPU process(es), DS_ACCELERATOR=cpu"
-        say(
-            f"{len(queue)} of {len(runs)} runs to do, {slots.parallel} at a time, {self.o.gpus_per_run} {unit} each"
-        )
-        if self.o.dry_run:
-            self._print_commands(queue, slots, outcomes)
-        else:
-            self._drain(queue, slots, outcomes)
-        return list(outcomes.values())
-
-    def _print_commands(self, queue: list[PlannedRun], slots: Slots, outcomes: dict[str, Outcome]) -> None:
-        for r in queue:
-            cmd = launch_command(r, self.o, self.runs_dir / r.run_id, slots.groups[0])
-            print(("DS_ACCELERATOR=cpu " if not slots.gpus else "") + shlex.join(cmd))
-            outcomes[r.run_id].status = "dry-run"
-
-    def _drain(self, queue: list[PlannedRun], slots: Slots, outcomes: dict[str, Outcome]) -> None:
-        """Start runs while slots are free; poll; settle each finished attempt (a retry goes first)."""
-        running: dict[int, _Attempt] = {}
-        free = list(range(slots.parallel))
-        t0 = time.monotonic()
-        try:
-            while queue or running:
-                while queue and free:
-                    slot = free.pop(0)
-                    running[slot] = self._start(queue.pop(0), slot, slots, outcomes)
-                time.sleep(POLL_S)
-                for slot, att in list(running.items()):
-                    if att.proc.poll() is None:
-                        continue
-                    att.log.close()
-                    del running[slot]
-                    free.append(slot)
-                    if self._settle(att, outcomes[att.run.run_id], t0) is Verdict.RETRY:
-                        queue.insert(0, att.run)
-        except BaseException:
-            _stop(list(running.values()))
-            raise
-
-    def _start(self, r: PlannedRun, slot: int, slots: Slots, outcomes: dict[str, Outcome]) -> _Attempt:
-        out, o = self.runs_dir / r.run_id, outcomes[r.run_id]
-        action, _ = run_state(out, r)
-        if action is Action.SKIP:
-            # Only after an attempt that exited non-zero yet logged `completed`: its other outputs
-            # (encoder, checkpoint) may be partial, so the retry starts from scratch.
-            action = Action.RESTART
-        if action is Action.RESTART:
-            o.note = f"earlier attempt moved to {move_aside(out).name}; "
-        cmd = launch_command(r, self.o, out, slots.groups[slot]) + (
-            ["--resume"] if action is Action.RESUME else []
-        )
-        o.attempts += 1
-        log_path = self.runs_dir / SWEEP_DIR / f"{r.run_id}.attempt{o.attempts}.log"
-        log = open(log_path, "w")  # noqa: SIM115 (closed when the attempt is settled)
-        resumed = ", resumed" if action is Action.RESUME else ""
-        say(f"start {r.run_id} ({r.budget_samples} samples{resumed}) [slot {slot}]")
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=slots.env, cwd=REPO)
-        return _Attempt(proc, r, time.monotonic(), log, log_path)
-
-    def _settle(self, att: _Attempt, o: Outcome, t0: float) -> Verdict:
-        r, rc = att.run, att.proc.returncode
-        o.seconds += time.monotonic() - att.started
-        run_dir = self.runs_dir / r.run_id
-        st = read_state(run_dir / RUNLOG)
-        verdict = settle(rc, r, st, attempts=o.attempts, retries=self.o.retries, log=str(run_dir / RUNLOG))
-        if verdict is Verdict.COMPLETED:
-            o.status, o.final_loss = "completed", st.last_loss
-            say(f"done  {r.run_id} in {o.seconds:.0f} s (elapsed {time.monotonic() - t0:.0f} s)")
-        elif verdict is Verdict.RETRY:
-            say(f"FAIL  {r.run_id} (exit {rc}; {att.log_path}): retrying")
-        else:
-            o.status = "failed"
-            o.note += f"exit {rc} after {o.attempts} attempts; see {att.log_path}"
-            say(f"FAIL  {r.run_id} (exit {rc}; {att.log_path}): giving up")
-        return verdict
 
 
 # ---- SLURM -------------------------------------------------------------------------------------------
@@ -283,6 +211,7 @@ def sbatch_script(o: SweepOptions, pending: list[PlannedRun], runs_dir: Path) ->
     """The job array's script: each task runs the local launcher on its one run."""
     passthrough = ["--config", str(o.config), "--manifest", str(o.manifest)]
     passthrough += [x for s in o.overrides for x in ("--set", s)]
+    passthrough += ["--rerun-stale"] if o.rerun_stale else ["--keep-stale"] if o.keep_stale else []
     return SBATCH.format(
         plan=shlex.quote(str(Path(o.plan).resolve())),
         last=len(pending) - 1,
@@ -304,16 +233,17 @@ class SlurmLauncher(Launcher):
     """Submits one job array for the pending runs; a rerun of the sweep shows their outcomes."""
 
     def run(self, runs: list[PlannedRun]) -> list[Outcome]:
-        pending = [r for r in runs if run_state(self.runs_dir / r.run_id, r)[0] is not Action.SKIP]
-        outcomes = [Outcome(run=r, status="done" if r not in pending else "submitted") for r in runs]
+        # Stale and busy runs are reported here, at submission, rather than by each array task.
+        by_id, pending = self.classify(runs)
+        outcomes = list(by_id.values())
+        for r in pending:
+            by_id[r.run_id].status = "dry-run" if self.o.dry_run else "submitted"
         if not pending:
-            say("every run is complete: nothing to submit")
+            say("no run to submit")
             return outcomes
         text = sbatch_script(self.o, pending, self.runs_dir)
         if self.o.dry_run:
             print(text)
-            for o in outcomes:
-                o.status = "dry-run" if o.status == "submitted" else o.status
             return outcomes
         script = self.runs_dir.resolve() / SWEEP_DIR / "sweep_array.sbatch"
         atomic_write_text(script, text)
@@ -326,10 +256,3 @@ class SlurmLauncher(Launcher):
             f"submitted job array {res.stdout.strip()} ({len(pending)} runs); rerun this command to see the summary"
         )
         return outcomes
-
-
-LAUNCHERS: dict[str, type[Launcher]] = {"local": LocalLauncher, "slurm": SlurmLauncher}
-
-
-def make_launcher(options: SweepOptions) -> Launcher:
-    return LAUNCHERS[options.launcher](options)

@@ -74,8 +74,17 @@ class SweepOptions:
     """The DeepSpeed launcher (a path or a name on PATH)."""
     dry_run: bool = False
     """Print the commands (or the sbatch script) only; nothing is started or written."""
+    rerun_stale: bool = False
+    """Move a stale run (finished, or interrupted, with other settings than the plan's) aside to
+    `<id>.staleN/` and run it again; without it (or `keep_stale`), stale runs are reported and the sweep
+    exits 1."""
+    keep_stale: bool = False
+    """Accept stale runs as they are (still listed, with their differences); they count as done."""
 
     def __post_init__(self) -> None:
+        self._check_text()
+        if self.rerun_stale and self.keep_stale:
+            raise SweepError("--rerun-stale and --keep-stale exclude each other: choose one")
         if self.launcher not in LAUNCHERS:
             raise SweepError(f"--launcher must be one of {list(LAUNCHERS)}, got {self.launcher!r}")
         if self.gpus_per_run < 1:
@@ -86,6 +95,23 @@ class SweepOptions:
             raise SweepError(f"--retries must be >= 0, got {self.retries}")
         if any(not x for x in self.only):
             raise SweepError("--only: empty run id")
+
+    def _check_text(self) -> None:
+        """No control character in any value that reaches a command line or the SLURM script: there a
+        newline would start a new script line (an `#SBATCH` directive or a command of its own)."""
+        values = [("--sbatch", x) for x in self.sbatch] + [("--set", x) for x in self.overrides]
+        values += [("--only", x) for x in self.only] + [("--deepspeed", self.deepspeed)]
+        values += [
+            ("--" + k.replace("_", "-"), str(getattr(self, k))) for k in ("plan", "runs_dir", "manifest")
+        ]
+        values.append(("--config", str(self.config)))
+        for flag, value in values:
+            bad = sorted({c for c in value if ord(c) < 32 or ord(c) == 127})
+            if bad:
+                raise SweepError(
+                    f"{flag} {value!r}: control character(s) {bad} are not allowed (they would break the "
+                    "command line or the SLURM script)"
+                )
 
     @property
     def summary_name(self) -> str:

@@ -1,8 +1,15 @@
 """A sweep: the runs of one plan through one launcher, then a summary (`run_sweep`).
 
+Checked before anything starts: the plan (formats/plan.py), every run's trainer config (the preset, the
+`--set` overrides and the run's budget, seed and evaluation points, validated by the trainer's own
+config code), whole global batches, and every mixture domain against the manifest.
+
 Resumable: a run whose log ends `completed` is skipped; an interrupted one with a checkpoint continues;
-a failed one is moved aside to `<id>.failedN/` and retried from scratch (policy: resume.py). The
-summary is written to `<runs_dir>/_sweep/summary.json` (unless a dry run).
+a failed one is moved aside to `<id>.failedN/` and retried from scratch; a finished or interrupted run
+whose log records other settings than the plan's is stale: reported, or moved aside to `<id>.staleN/`
+and rerun (`--rerun-stale`), or accepted (`--keep-stale`); a folder a live trainer holds is busy:
+reported, not started (policy: resume.py). The summary is written to `<runs_dir>/_sweep/summary.json`
+(unless a dry run).
 """
 
 from __future__ import annotations
@@ -12,12 +19,18 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from voxmix.formats.io import atomic_write_json
+from voxmix.formats.manifest import read_manifest
 from voxmix.formats.plan import Plan, PlannedRun, read_plan
 from voxmix.trainer.pretrain.config import ConfigError, load_config
 from voxmix.trainer.pretrain.optim import deepspeed_config
 
-from .launchers import SWEEP_DIR, Outcome, make_launcher
+from .launchers import SWEEP_DIR, Launcher, Outcome, SlurmLauncher
+from .local import LocalLauncher
 from .options import SweepError, SweepOptions
+from .resume import RunDefinition, planned_definition
+
+LAUNCHERS: dict[str, type[Launcher]] = {"local": LocalLauncher, "slurm": SlurmLauncher}
+NOT_DONE = ("failed", "busy", "stale")
 
 
 @dataclass(frozen=True)
@@ -31,9 +44,14 @@ class SweepResult:
         return [o for o in self.outcomes if o.status == "failed"]
 
     @property
+    def not_done(self) -> list[Outcome]:
+        """Failed runs, busy ones (another trainer holds the folder) and stale ones (not rerun)."""
+        return [o for o in self.outcomes if o.status in NOT_DONE]
+
+    @property
     def exit_code(self) -> int:
-        """0 when no run failed, 1 otherwise (the command's exit status)."""
-        return 1 if self.failed else 0
+        """0 when every run is done (or submitted, or printed), 1 otherwise (the command's exit status)."""
+        return 1 if self.not_done else 0
 
 
 def check_inputs(o: SweepOptions) -> SweepOptions:
@@ -96,6 +114,51 @@ def check_global_batch(runs: list[PlannedRun], batch: int, how: str, plan: str) 
     )
 
 
+def run_config(o: SweepOptions, run: PlannedRun, plan: str) -> dict:
+    """The trainer config of one run, built as trainer/run.py builds it from the sweep's command line
+    (`--set` overrides first, then the run's budget, seed and evaluation points); refused here, before
+    anything starts, where the trainer would refuse it at launch (a seed out of its range, say)."""
+    sets = [*o.overrides, f"train.budget_samples={run.budget_samples}", f"train.seed={run.seed}"]
+    if run.eval_at:
+        sets.append(f"eval.at={list(run.eval_at)}")
+    try:
+        return load_config(o.config, sets).to_dict()
+    except ConfigError as err:
+        raise SweepError(
+            f"{plan}: run {run.run_id!r} (its budget_samples, seed and eval_at are the trainer's "
+            f"train.budget_samples, train.seed and eval.at): the trainer would refuse it: {err}; nothing was "
+            "started"
+        ) from None
+
+
+def planned_definitions(o: SweepOptions, runs: list[PlannedRun], plan: str) -> dict[str, RunDefinition]:
+    return {r.run_id: planned_definition(r, run_config(o, r, plan)) for r in runs}
+
+
+def check_domains(runs: list[PlannedRun], manifest: Path, plan: str) -> None:
+    """Every mixture domain of every run must be one of the manifest's, with training volumes where
+    its weight is > 0: else the run would fail at launch, be retried and fail again."""
+    m = read_manifest(manifest)
+    known = set(m.domains())
+    train = {d for d in known if m.select(domain=d, split="train")}
+    bad = []
+    for r in runs:
+        unknown = sorted(d for d in r.mixture if d not in known)
+        empty = sorted(d for d, w in r.mixture.items() if w > 0 and d in known and d not in train)
+        if unknown:
+            bad.append(f"  {r.run_id}: domain(s) {unknown} not in the manifest")
+        if empty:
+            bad.append(f"  {r.run_id}: domain(s) {empty} have weight > 0 but no 'train' volumes")
+    if bad:
+        shown = bad[:10] + ([f"  ... and {len(bad) - 10} more"] if len(bad) > 10 else [])
+        raise SweepError(
+            f"{plan}: {len(bad)} run(s) name domains that --manifest {manifest} cannot serve (it has: "
+            f"{', '.join(sorted(known)) or 'nothing'}):\n"
+            + "\n".join(shown)
+            + "\nnothing was started; plan again with the manifest's domains, or pass the manifest the plan was made for"
+        )
+
+
 def select_runs(plan: Plan, only: tuple[str, ...]) -> list[PlannedRun]:
     if not only:
         return list(plan.runs)
@@ -138,15 +201,19 @@ def run_sweep(options: SweepOptions) -> SweepResult:
     """Run (or submit, or print) every run of the plan that is not complete.
 
     Raises `SweepError` (bad options, missing files, budgets or evaluation points that are not whole
-    global batches of the trainer, budget clash) or `FormatError` (bad plan); nothing starts before.
+    global batches of the trainer, a run config the trainer would refuse, domains the manifest lacks)
+    or `FormatError` (bad plan or manifest); nothing starts before. Ctrl-C, SIGTERM and SIGHUP stop the
+    runs started and then raise KeyboardInterrupt (`processes.SweepInterrupted` for the signals).
     """
     o = check_inputs(options)
     plan = read_plan(o.plan)
     runs = select_runs(plan, o.only)
     check_global_batch(runs, *trainer_global_batch(o), plan.source)
+    planned = planned_definitions(o, runs, plan.source)
+    check_domains(runs, o.manifest, plan.source)
     if o.deepspeed and not Path(o.deepspeed).exists() and shutil.which(o.deepspeed) is None:
         raise SweepError(f"--deepspeed {o.deepspeed}: no such launcher")
-    outcomes = make_launcher(o).run(runs)
+    outcomes = LAUNCHERS[o.launcher](o, planned).run(runs)
     if not o.dry_run:
         atomic_write_json(o.runs_dir / SWEEP_DIR / o.summary_name, summary_json(o, outcomes))
     return SweepResult(outcomes, summary_table(outcomes))

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from voxmix.formats.plan import PlannedRun
-from voxmix.trainer.study.launchers import plan_slots, sbatch_script, trainer_args
+from voxmix.trainer.study.launchers import sbatch_script, trainer_args
+from voxmix.trainer.study.local import plan_slots
 from voxmix.trainer.study.options import REPO, DemoOptions, StudyError, SweepError, SweepOptions
 
 PATHS = {"plan": Path("plan.json"), "runs_dir": Path("runs"), "manifest": Path("m.jsonl")}
@@ -29,11 +30,23 @@ def test_sweep_options_defaults_match_the_command_line():
         ("retries", -1, "--retries"),
         ("launcher", "k8s", "--launcher"),
         ("only", ("",), "--only"),
+        # a newline in a value would start a line of its own in the SLURM script (#15)
+        (
+            "sbatch",
+            ("--partition=gpu\nrm -rf ~",),
+            r"--sbatch '--partition=gpu\\nrm -rf ~': control character\(s\) \['\\n'\]",
+        ),
+        ("overrides", ("optim.lr=1\n#SBATCH --x",), "--set"),
+        ("only", ("a\tb",), "--only"),
+        ("plan", Path("plan\nx.json"), "plan 'plan"),
+        ("config", Path("c\r.yaml"), "--config"),
+        ("rerun_stale", True, "--rerun-stale and --keep-stale exclude each other"),
     ],
 )
 def test_sweep_options_name_the_bad_field(field, value, flag):
+    kw = {field: value, "keep_stale": True} if field == "rerun_stale" else {field: value}
     with pytest.raises(SweepError, match=flag):
-        SweepOptions(**PATHS, **{field: value})
+        SweepOptions(**{**PATHS, **kw})
 
 
 def test_demo_options_defaults_and_normalisation():
@@ -103,4 +116,7 @@ def test_trainer_args_and_sbatch_script():
     assert args[args.index("--eval-at") + 1] == "48,96" and args[-2:] == ["--set", "optim.lr=1e-3"]
     text = sbatch_script(o, [run], Path("/runs"))
     assert "#SBATCH --array=0-0%2" in text and "#SBATCH --qos=x" in text and "RUNS=(r1)" in text
-    assert "--set optim.lr=1e-3" in text and "--retries 1" in text
+    assert "--set optim.lr=1e-3" in text and "--retries 1" in text and "stale" not in text
+    # the array tasks treat stale runs as the submitting sweep was told to
+    assert "--rerun-stale" in sbatch_script(SweepOptions(**PATHS, rerun_stale=True), [run], Path("/runs"))
+    assert "--keep-stale" in sbatch_script(SweepOptions(**PATHS, keep_stale=True), [run], Path("/runs"))

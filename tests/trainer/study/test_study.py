@@ -117,8 +117,12 @@ def test_rerun_skips_finished_stages(study):
 
 def test_sweep_skips_completed_runs(study):
     out, _, _ = study
-    res = _run([PY, "-m", "trainer.sweep", str(out / "plan.json"), "--runs-dir", str(out / "runs"),
-                "--manifest", str(out / "data" / "manifest.jsonl")], timeout=120)  # fmt: skip
+    cmd = [PY, "-m", "trainer.sweep", str(out / "plan.json"), "--runs-dir", str(out / "runs"),
+           "--manifest", str(out / "data" / "manifest.jsonl")]  # fmt: skip
+    # Without the demo's trainer settings the finished runs are stale: reported, not skipped (#15).
+    res = _run(cmd, timeout=120)
+    assert res.returncode == 1 and "STALE" in res.stdout + res.stderr and "optim.decay_frac" in res.stdout + res.stderr
+    res = _run(cmd + ["--set", "optim.decay_frac=0", "--set", "eval.crops_per_domain=16"], timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
     n = len(json.loads((out / "plan.json").read_text())["runs"])
     assert f"0 of {n} runs to do" in res.stderr
@@ -127,17 +131,21 @@ def test_sweep_skips_completed_runs(study):
 
 def test_sweep_retries_a_failed_run_once_then_reports_it(study, tmp_path):
     out, _, _ = study
-    plan = {"format": "voxmix.plan/1", "domains": ["no_such_domain"],
-            "runs": [{"run_id": "bad", "role": "fit", "mixture": {"no_such_domain": 1.0},
+    # A failure at run time (the sweep's up-front checks pass): the manifest's volumes are not there.
+    manifest = tmp_path / "data" / "manifest.jsonl"
+    manifest.parent.mkdir()
+    manifest.write_text((out / "data" / "manifest.jsonl").read_text())
+    plan = {"format": "voxmix.plan/1", "domains": ["mri_brain"],
+            "runs": [{"run_id": "bad", "role": "fit", "mixture": {"mri_brain": 1.0},
                       "budget_samples": 16, "eval_at": [8, 16], "seed": 0}]}  # fmt: skip
     (tmp_path / "plan.json").write_text(json.dumps(plan))
     res = _run([PY, "-m", "trainer.sweep", str(tmp_path / "plan.json"), "--runs-dir", str(tmp_path / "runs"),
-                "--manifest", str(out / "data" / "manifest.jsonl")], timeout=180)  # fmt: skip
+                "--manifest", str(manifest)], timeout=180)  # fmt: skip
     assert res.returncode == 1
     assert res.stderr.count("start bad") == 2 and "giving up" in res.stderr
     summary = json.loads((tmp_path / "runs" / "_sweep" / "summary.json").read_text())
     assert summary["runs"][0]["status"] == "failed" and summary["runs"][0]["attempts"] == 2
-    assert "no_such_domain" in (tmp_path / "runs" / "_sweep" / "bad.attempt2.log").read_text()
+    assert "file not found" in (tmp_path / "runs" / "_sweep" / "bad.attempt2.log").read_text()
 
 
 def test_sweep_slurm_dry_run_prints_the_array(study):
@@ -178,9 +186,12 @@ def _write_plan(path: Path, runs: list[tuple[str, int, list[int]]]) -> Path:
 
 
 def _sweep_options(tmp_path: Path, plan: Path, **kw):
+    from voxmix.formats.manifest import VolumeRecord, write_manifest
     from voxmix.trainer.study.options import SweepOptions
 
-    (tmp_path / "m.jsonl").write_text("")
+    rec = VolumeRecord(id="a-0", domain="a", modality="CT", path="a0.npy", shape=(32, 32, 32),
+                       spacing=(1.0, 1.0, 1.0), source="test", sha256="0" * 64, split="train")  # fmt: skip
+    write_manifest(tmp_path / "m.jsonl", [rec], {})
     return SweepOptions(plan=plan, runs_dir=tmp_path / "runs", manifest=tmp_path / "m.jsonl",
                         config=REPO / "configs" / "tiny.yaml", dry_run=True, **kw)  # fmt: skip
 
