@@ -40,12 +40,33 @@ class Labels:
     names: list[str]
     """Name of each label value (index = value) of the label maps."""
     records: dict[str, LabelRecord]
+    header: dict[str, Any] = field(default_factory=dict)
+    """The header line (format, label_names, and the `index` the file was written from)."""
 
-    def label_map(self, rid: str) -> np.ndarray:
+    def label_path(self, rid: str) -> Path:
         rec = self.records.get(rid)
         if rec is None or rec.labels is None:
             raise LabelsError(f"{self.root / FILENAME}: record {rid!r} has no label map")
-        return np.load(self.root / rec.labels, mmap_mode="r")
+        return self.root / rec.labels
+
+    def label_map(self, rid: str) -> np.ndarray:
+        """The label map as a read-only memory map. The `.npy` is never unpickled (allow_pickle=False);
+        readers that know the expected shape check the header first (trainer/downstream/data.py)."""
+        path = self.label_path(rid)
+        try:
+            return np.load(path, mmap_mode="r", allow_pickle=False)
+        except FileNotFoundError:
+            raise LabelsError(f"{path}: label map of record {rid!r} not found; {self.rewrite}") from None
+        except (OSError, ValueError, EOFError) as exc:
+            raise LabelsError(
+                f"{path}: unreadable label map of record {rid!r} ({exc}); {self.rewrite}"
+            ) from None
+
+    @property
+    def rewrite(self) -> str:
+        """What to run to rebuild the label maps (from the index named in the header, when it is)."""
+        index = self.header.get("index") or "INDEX.jsonl"
+        return f"rewrite them with `python -m trainer.downstream.labels --data {self.root} --index {index}`"
 
     def label_id(self, name: str) -> int:
         if name not in self.names:
@@ -81,7 +102,7 @@ def read_labels(data_dir: str | os.PathLike) -> Labels:
         if rid in records:
             raise LabelsError(f"{path}: line {no}: duplicate id {rid!r}")
         records[rid] = LabelRecord(id=rid, labels=lab, classes=classes)
-    return Labels(root=path.parent, names=names, records=records)
+    return Labels(root=path.parent, names=names, records=records, header=header)
 
 
 def write_labels_file(

@@ -11,12 +11,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from voxmix.trainer.downstream.config import DownstreamConfig
+from voxmix.trainer.downstream.config import QUICK, DownstreamConfig
 from voxmix.trainer.downstream.stats import holm, paired_test, t_interval
-from voxmix.trainer.downstream.tasks import run_protocol
 
 FORMAT = "voxmix.comparison/1"
-QUICK = {"config": "quick", "seeds": 3, "per_domain": 32, "size": 48}
+__all__ = ["FORMAT", "QUICK", "compare", "flatten", "format_table", "make_phantom_set", "run_comparison"]
 
 
 def flatten(results: dict) -> dict[str, float]:
@@ -135,6 +134,9 @@ def run_comparison(
 ) -> tuple[list[str], dict[str, dict[str, list[float]]]]:
     """Every encoder (and, with `scratch`, a random one of the first's architecture) once per seed, seeds
     outermost so that an interrupted comparison has whole seeds. Returns (encoder order, values)."""
+    # Imported here: the tasks pull in MONAI (seconds), which the command's up-front checks do without.
+    from voxmix.trainer.downstream.tasks import run_protocol
+
     runs = [(n, blob, True) for n, blob in blobs.items()]
     if scratch:
         runs.append(("scratch", next(iter(blobs.values())), False))

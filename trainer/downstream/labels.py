@@ -13,7 +13,6 @@ manifest's shape. Output: `DIR/labels/<id>.npy` (uint8) and `DIR/labels.jsonl` (
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import torch
 
 from voxmix.formats.io import jsonl_values
 from voxmix.formats.labels import FILENAME, LabelsError, write_labels_file
+from voxmix.trainer.downstream.cli import ArgumentParser, fail
 
 # ---------------------------------------------------------------------------------------------------
 # Writing: label maps onto the ingest grid
@@ -33,7 +33,12 @@ def _read_index(path: Path) -> dict[str, dict]:
         src = obj.get("source", obj.get("file"))
         if not isinstance(src, str):
             raise LabelsError(f"{path}: line {no}: field 'source' (or 'file') missing")
-        classes = dict(obj.get("classes", {}))
+        classes = obj.get("classes", {})
+        if not isinstance(classes, dict) or not all(isinstance(v, int) for v in classes.values()):
+            raise LabelsError(
+                f"{path}: line {no}: field 'classes' must map names to integers, got {classes!r}"
+            )
+        classes = dict(classes)
         if "lesion" in obj and "lesion" not in classes:  # trainer.phantoms' index
             classes["lesion"] = int(bool(obj["lesion"]))
         out[src] = {"labels": obj.get("labels"), "classes": classes}
@@ -60,7 +65,9 @@ def align_label_map(image_file: Path, label_file: Path, domain_spec) -> np.ndarr
     x, _ = resample(img.data, img.spacing, domain_spec.spacing)
     _, fg, _ = normalize(x, domain_spec, img.meta.get("suv_factor"))
     box = foreground_box(fg, domain_spec.margin)
-    return np.rint(_nearest(lab.data, x.shape)[box]).astype(np.uint8)
+    # C order, as docs/formats.md specifies and the readers check: the NIfTI reader's arrays are
+    # Fortran-ordered views, which astype() keeps (label maps were written in Fortran order before).
+    return np.ascontiguousarray(np.rint(_nearest(lab.data, x.shape)[box]).astype(np.uint8))
 
 
 def write_labels(data_dir: Path, index_path: Path, spec_path: Path, names: list[str]) -> int:
@@ -79,6 +86,8 @@ def write_labels(data_dir: Path, index_path: Path, spec_path: Path, names: list[
             continue
         row: dict = {"id": rec.id, "classes": entry["classes"]}
         if entry["labels"]:
+            if rec.domain not in domains:
+                raise LabelsError(f"{spec_path}: no domain {rec.domain!r} (the manifest's record {rec.id!r})")
             lab = align_label_map(spec.base / rec.source, spec.base / entry["labels"], domains[rec.domain])
             if tuple(lab.shape) != tuple(rec.shape):
                 raise LabelsError(
@@ -96,9 +105,7 @@ def write_labels(data_dir: Path, index_path: Path, spec_path: Path, names: list[
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m trainer.downstream.labels", description=__doc__.splitlines()[0]
-    )
+    p = ArgumentParser(prog="python -m trainer.downstream.labels", description=__doc__.splitlines()[0])
     p.add_argument("--data", required=True, help="ingested folder (manifest.jsonl)")
     p.add_argument("--index", required=True, help="label index JSONL (e.g. phantoms.jsonl)")
     p.add_argument("--spec", help="ingest spec used (default: dataset.yaml next to the index)")
@@ -114,9 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     spec = Path(a.spec) if a.spec else index.parent / "dataset.yaml"
     try:
         n = write_labels(Path(a.data), index, spec, names)
-    except (LabelsError, ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    except (ValueError, OSError) as exc:  # LabelsError, ManifestError, SpecError: named file and field
+        return fail(exc)
     print(f"wrote {n} label records to {Path(a.data) / FILENAME}")
     return 0
 

@@ -12,6 +12,7 @@ Classification: `ViTClassifier` = the same ViT, mean over tokens of the final (n
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from monai.networks.blocks.dynunet_block import UnetOutBlock
@@ -26,6 +27,55 @@ def build_vit(blob: dict, *, pretrained: bool = True) -> ViT:
         # strict=True raises on any missing or unexpected key: the whole encoder is ours.
         vit.load_state_dict(blob["state_dict"], strict=True)
     return vit
+
+
+def check_encoder(blob: dict, path, *, segment: bool) -> None:
+    """MONAI rebuilds the encoder from `monai_vit_kwargs` and its weights fit exactly (names and shapes);
+    with `segment`, a segmentation network can be built around it. Raises EncoderError naming the file.
+
+    Run before any training, so that a wrong file fails in seconds and not after the first task. The ViT
+    is built on the meta device (shapes only, nothing allocated), after the depth and width were matched
+    against the weights actually in the file, so hostile sizes cannot make this slow or large.
+    """
+    from voxmix.formats.encoder import EncoderError
+
+    kw, sd = blob["monai_vit_kwargs"], blob["state_dict"]
+    fix = "use the encoder.pt that trainer/run.py wrote for this run"
+    try:
+        img, patch = _edge(kw, "img_size"), _edge(kw, "patch_size")
+    except (ValueError, TypeError) as exc:
+        raise EncoderError(f"{path}: {exc}") from None
+    if img % patch:
+        raise EncoderError(f"{path}: monai_vit_kwargs: patch_size {patch} does not divide img_size {img}")
+    if kw["in_channels"] != 1:
+        raise EncoderError(f"{path}: monai_vit_kwargs.in_channels is {kw['in_channels']}; the volumes have 1")
+    if segment and not is_unetr_geometry(kw) and (patch < 2 or patch & (patch - 1)):
+        raise EncoderError(f"{path}: monai_vit_kwargs.patch_size {patch}: segmentation needs a power of two")
+    blocks = {k.split(".")[1] for k in sd if k.startswith("blocks.")}
+    norm = sd.get("norm.weight")
+    if len(blocks) != kw["num_layers"] or norm is None or tuple(norm.shape) != (kw["hidden_size"],):
+        got = tuple(norm.shape) if norm is not None else None
+        raise EncoderError(
+            f"{path}: monai_vit_kwargs (num_layers {kw['num_layers']}, hidden_size {kw['hidden_size']}) "
+            f"do not match the weights ({len(blocks)} blocks, norm.weight of shape {got}); {fix}"
+        )
+    try:
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # MONAI's meshgrid deprecation notice, once per build
+            want = {k: tuple(v.shape) for k, v in ViT(**kw).state_dict().items()}
+    except Exception as exc:  # noqa: BLE001 - MONAI asserts/raises anything on arguments it cannot build
+        raise EncoderError(
+            f"{path}: MONAI's ViT cannot be built from monai_vit_kwargs ({type(exc).__name__}: {exc})"
+        ) from None
+    got = {k: tuple(v.shape) for k, v in sd.items()}
+    bad = [f"missing {k}" for k in want if k not in got]
+    bad += [f"unexpected {k}" for k in got if k not in want]
+    bad += [f"{k}: shape {got[k]}, expected {want[k]}" for k in want if k in got and got[k] != want[k]]
+    if bad:
+        more = f" (and {len(bad) - 4} more)" if len(bad) > 4 else ""
+        raise EncoderError(
+            f"{path}: the weights do not fit the architecture in monai_vit_kwargs: {'; '.join(bad[:4])}{more}; {fix}"
+        )
 
 
 def _edge(kw: dict, key: str) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -29,11 +30,49 @@ MODEL_SIZES: dict[str, dict[str, Any]] = {
 
 
 class ConfigError(ValueError):
-    """A configuration value is invalid; the message names the field (section.field) and the value."""
+    """A configuration value is invalid; the message names the field (section.field) and the value.
+
+    `fields`: the field at fault, then those its check compared it with (empty: about the file itself).
+    `from_set`: the message already names the `--set` item that gave the value (not the YAML file)."""
+
+    def __init__(self, message: str, *, fields: tuple[str, ...] = (), from_set: bool = False):
+        super().__init__(message)
+        self.fields = fields
+        self.from_set = from_set
 
 
-def _fail(name: str, value: Any, why: str) -> None:
-    raise ConfigError(f"config field '{name}' = {value!r}: {why}")
+def _fail(name: str, value: Any, why: str, also: tuple[str, ...] = ()) -> None:
+    raise ConfigError(f"config field '{name}' = {value!r}: {why}", fields=(name, *also))
+
+
+# The 64-bit range: every integer field ends up in NumPy or torch, where a larger one overflows.
+_INT64 = 2**63
+# Seeds reach `np.random.seed(seed + rank)`, which takes [0, 2^32): 2^31 leaves room for any rank.
+_SEED_LIMIT = 2**31
+
+
+def _check_number(name: str, value: Any) -> None:
+    """NaN passes every `x < 0` / `x > 0` range check (all comparisons are false), and inf passes the
+    lower bounds, so finiteness is checked once here for every number, nested ones (eval.at,
+    train.deepspeed) included. No field accepts NaN or infinity; `None` is how a field says "unset"."""
+    if isinstance(value, bool):
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        _fail(name, value, "must be a finite number (NaN and infinity are refused)")
+    if isinstance(value, int) and not -_INT64 <= value < _INT64:
+        _fail(name, value, "does not fit a 64-bit integer")
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_number(f"{name}[{i}]", v)
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_number(f"{name}.{k}", v)
+
+
+def _check_numbers(section: str, obj: Any) -> None:
+    """Run first in every section's __post_init__, so that the range checks below see finite numbers."""
+    for f in dataclasses.fields(obj):
+        _check_number(f"{section}.{f.name}", getattr(obj, f.name))
 
 
 @dataclass(kw_only=True)
@@ -68,37 +107,38 @@ class ModelConfig:
     """Swap every kernel for its plain-PyTorch reference (comparison and debugging)."""
 
     def __post_init__(self):
+        _check_numbers("model", self)
         if self.size not in MODEL_SIZES:
             _fail("model.size", self.size, f"unknown size; choose one of {sorted(MODEL_SIZES)}")
         for k, v in MODEL_SIZES[self.size].items():
             if getattr(self, k) is None:
                 setattr(self, k, v)
-        for k in (
-            "crop",
-            "patch",
-            "in_chans",
-            "width",
-            "depth",
-            "heads",
-            "dec_width",
-            "dec_depth",
-            "dec_heads",
-        ):
+        ints = ("crop", "patch", "in_chans", "width", "depth", "heads", "dec_width", "dec_depth", "dec_heads")
+        for k in ints:
             if getattr(self, k) < 1:
                 _fail(f"model.{k}", getattr(self, k), "must be >= 1")
         if self.crop % self.patch:
-            _fail("model.patch", self.patch, f"must divide model.crop={self.crop}")
+            _fail("model.patch", self.patch, f"must divide model.crop={self.crop}", ("model.crop",))
         if self.width % self.heads:
-            _fail("model.heads", self.heads, f"must divide model.width={self.width}")
+            _fail("model.heads", self.heads, f"must divide model.width={self.width}", ("model.width",))
         if self.dec_width % self.dec_heads:
-            _fail("model.dec_heads", self.dec_heads, f"must divide model.dec_width={self.dec_width}")
-        if not 0.0 < self.mlp_ratio <= 16:
-            _fail("model.mlp_ratio", self.mlp_ratio, "must lie in (0, 16]")
+            _fail(
+                "model.dec_heads",
+                self.dec_heads,
+                f"must divide model.dec_width={self.dec_width}",
+                ("model.dec_width",),
+            )
+        if not 0.0 < self.mlp_ratio <= 16 or int(self.width * self.mlp_ratio) < 1:
+            why = "must lie in (0, 16] and give an MLP of >= 1 unit"
+            _fail("model.mlp_ratio", self.mlp_ratio, why, ("model.width",))
         n = self.num_patches
         keep = n - self.num_masked
         if not 0.0 < self.mask_ratio < 1.0 or keep < 1 or self.num_masked < 1:
             _fail(
-                "model.mask_ratio", self.mask_ratio, f"must leave >= 1 visible and >= 1 masked of {n} patches"
+                "model.mask_ratio",
+                self.mask_ratio,
+                f"must leave >= 1 visible and >= 1 masked of {n} patches",
+                ("model.crop", "model.patch"),
             )
 
     @property
@@ -128,6 +168,7 @@ class DataConfig:
     """Refuse allocations that repeat a domain's volumes more often than this (None: no limit)."""
 
     def __post_init__(self):
+        _check_numbers("data", self)
         if self.batch_size < 1:
             _fail("data.batch_size", self.batch_size, "must be >= 1")
         if self.backend not in ("auto", "dali", "torch"):
@@ -162,6 +203,7 @@ class OptimConfig:
     """Micro-batches per optimizer step."""
 
     def __post_init__(self):
+        _check_numbers("optim", self)
         if not (self.lr > 0 and math.isfinite(self.lr)):
             _fail("optim.lr", self.lr, "must be a finite number > 0")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
@@ -176,7 +218,8 @@ class OptimConfig:
         if not 0.0 <= self.warmup_frac < 1.0:
             _fail("optim.warmup_frac", self.warmup_frac, "must lie in [0, 1)")
         if not 0.0 <= self.decay_frac <= 1.0 - self.warmup_frac:
-            _fail("optim.decay_frac", self.decay_frac, "must lie in [0, 1 - optim.warmup_frac]")
+            why = "must lie in [0, 1 - optim.warmup_frac]"
+            _fail("optim.decay_frac", self.decay_frac, why, ("optim.warmup_frac",))
         if self.grad_clip < 0:
             _fail("optim.grad_clip", self.grad_clip, "must be >= 0")
         if self.grad_accum < 1:
@@ -199,6 +242,7 @@ class EvalConfig:
     """Seed of the evaluation crops and masks (independent of the training seed)."""
 
     def __post_init__(self):
+        _check_numbers("eval", self)
         if self.at is not None:
             if not self.at or any(a < 1 for a in self.at) or sorted(set(self.at)) != list(self.at):
                 _fail(
@@ -212,6 +256,8 @@ class EvalConfig:
             _fail("eval.crops_per_domain", self.crops_per_domain, "must be >= 1")
         if self.batch_size < 1:
             _fail("eval.batch_size", self.batch_size, "must be >= 1")
+        if not 0 <= self.seed < _SEED_LIMIT:
+            _fail("eval.seed", self.seed, f"must lie in [0, {_SEED_LIMIT})")
 
 
 @dataclass(kw_only=True)
@@ -222,6 +268,7 @@ class CheckpointConfig:
     """Checkpoints kept on disk (older ones are deleted after a newer one is complete)."""
 
     def __post_init__(self):
+        _check_numbers("checkpoint", self)
         if self.every_steps < 1:
             _fail("checkpoint.every_steps", self.every_steps, "must be >= 1")
         if self.keep < 1:
@@ -249,9 +296,15 @@ class TrainConfig:
     peak_tflops: float | None = None
     """Peak dense TFLOP/s per device for MFU; None: looked up from the GPU name (unknown on CPU)."""
     deepspeed: dict[str, Any] | None = None
-    """Extra DeepSpeed config merged over the generated one (passed through as is)."""
+    """Extra DeepSpeed config merged over the generated one (plain JSON; the keys generated from config
+    fields, e.g. gradient_clipping from optim.grad_clip, are refused: set the field)."""
 
     def __post_init__(self):
+        _check_numbers("train", self)
+        if not self.out.strip():
+            _fail("train.out", self.out, "must name the output folder")
+        if not 0 <= self.seed < _SEED_LIMIT:
+            _fail("train.seed", self.seed, f"must lie in [0, {_SEED_LIMIT})")
         if self.budget_samples is not None and self.budget_samples < 1:
             _fail("train.budget_samples", self.budget_samples, "must be >= 1")
         if self.zero_stage not in (0, 1, 2, 3):
@@ -262,6 +315,41 @@ class TrainConfig:
             _fail("train.log_every", self.log_every, "must be >= 1")
         if self.peak_tflops is not None and not self.peak_tflops > 0:
             _fail("train.peak_tflops", self.peak_tflops, "must be > 0")
+        if self.deepspeed is not None:
+            _check_deepspeed("train.deepspeed", self.deepspeed)
+
+
+# DeepSpeed settings that trainer/pretrain/optim.py derives from config fields. Set in the passthrough,
+# they would silently disagree with config.json and the run log (and the sampler's batch arithmetic).
+_DERIVED = {
+    "train_micro_batch_size_per_gpu": "data.batch_size",
+    "gradient_accumulation_steps": "optim.grad_accum",
+    "train_batch_size": "data.batch_size and optim.grad_accum",
+    "gradient_clipping": "optim.grad_clip",
+    "bf16": "train.precision",
+    "fp16": "train.precision (bf16 or fp32)",
+    "optimizer": "the optim section (the trainer passes its own AdamW)",
+    "scheduler": "the optim section (the trainer passes its own lr schedule)",
+}
+
+
+def _check_deepspeed(name: str, value: Any) -> None:
+    """The passthrough is merged into DeepSpeed's JSON config and saved in config.json: plain JSON only
+    (string keys; no dates or other YAML types), and no key that a config field already decides."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                _fail(f"{name}.{k}", v, "keys of train.deepspeed must be strings")
+            if name == "train.deepspeed" and k in _DERIVED:
+                _fail(f"{name}.{k}", v, f"set by the trainer from {_DERIVED[k]}: set that instead")
+            if name == "train.deepspeed.zero_optimization" and k == "stage":
+                _fail(f"{name}.{k}", v, "set by the trainer from train.zero_stage: set that instead")
+            _check_deepspeed(f"{name}.{k}", v)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_deepspeed(f"{name}[{i}]", v)
+    elif value is not None and not isinstance(value, (str, int, float)):
+        _fail(name, value, "must be a JSON value (string, number, boolean, null, list or mapping)")
 
 
 @dataclass(kw_only=True)
@@ -378,15 +466,33 @@ def config_from_dict(raw: dict[str, Any], overrides: list[str] | None = None) ->
         if v is not None and not isinstance(v, dict):
             _fail(k, v, "must be a mapping of fields")
         raw[k] = dict(v or {})
+    given: dict[str, str] = {}  # section.field -> the --set item that gave its value
     for item in overrides or []:
         key, sep, text = item.partition("=")
         sec, dot, name = key.strip().partition(".")
         if not sep or not dot or sec not in SECTIONS:
             raise ConfigError(
-                f"override {item!r}: expected section.field=value with section in {sorted(SECTIONS)}"
+                f"--set {item!r}: expected section.field=value with section in {sorted(SECTIONS)}",
+                from_set=True,
             )
-        raw.setdefault(sec, {})[name] = yaml.safe_load(text)
-    return Config(**{sec: _build_section(sec, raw.get(sec, {})) for sec in SECTIONS})
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            why = getattr(err, "problem", None) or err
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML: {why}", from_set=True) from None
+        raw.setdefault(sec, {})[name.strip()] = value
+        given[f"{sec}.{name.strip()}"] = item
+    try:
+        return Config(**{sec: _build_section(sec, raw.get(sec, {})) for sec in SECTIONS})
+    except ConfigError as err:
+        # Name where the bad value came from: a --set item (else the caller names the YAML file).
+        items = [given.get(".".join(re.split(r"[.\[]", f)[:2])) for f in err.fields]
+        items = [i for i in items if i is not None]
+        if not items:
+            raise
+        raise ConfigError(
+            f"--set {', --set '.join(items)}: {err}", fields=err.fields, from_set=True
+        ) from None
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
@@ -405,7 +511,9 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     try:
         return config_from_dict(raw, overrides)
     except ConfigError as err:
-        raise ConfigError(f"{path}: {err}") from None
+        if err.from_set:
+            raise
+        raise ConfigError(f"{path}: {err}", fields=err.fields) from None
 
 
 def eval_schedule(cfg: EvalConfig, budget: int) -> list[int]:

@@ -100,35 +100,19 @@ def test_cli_finetune_cls_and_compare(phantom_data, tiny_encoder, tmp_path):
     assert "scratch - a" in r.stdout
 
 
-def test_cli_errors_name_the_problem(phantom_data, tiny_encoder, tmp_path):
-    r = _run(
-        "trainer.finetune",
-        "--task",
-        "seg",
-        "--encoder",
-        tiny_encoder,
-        "--data",
-        str(tmp_path),
-        "--config",
-        "quick",
-    )
-    assert r.returncode == 1 and "manifest.jsonl" in r.stderr
+def test_cli_errors_name_the_problem(phantom_data, tiny_encoder, tmp_path, capsys):
+    """Bad input is refused before training, exit 2 (in-process: tests/faults/ runs the commands)."""
+    from voxmix.trainer import compare_encoders, finetune
+
+    args = ["--task", "seg", "--encoder", tiny_encoder, "--config", "quick"]
+    assert finetune.main([*args, "--data", str(tmp_path)]) == 2
+    assert "manifest.jsonl: file not found" in capsys.readouterr().err
     bad = tmp_path / "bad.yaml"
     bad.write_text("seg: [{domain: mri_brain, labels: [brain]}]\n")
-    r = _run(
-        "trainer.finetune",
-        "--task",
-        "seg",
-        "--encoder",
-        tiny_encoder,
-        "--data",
-        str(phantom_data),
-        "--config",
-        str(bad),
-    )
-    assert r.returncode == 1 and "'mri_brain' has no labelled volumes" in r.stderr
-    r = _run("trainer.compare_encoders", tiny_encoder, "--data", str(phantom_data), "--seeds", "1")
-    assert r.returncode == 1 and "--seeds=1" in r.stderr
+    assert finetune.main([*args, "--data", str(phantom_data), "--config", str(bad)]) == 2
+    assert "'mri_brain' has no labelled volumes" in capsys.readouterr().err
+    assert compare_encoders.main([tiny_encoder, "--data", str(phantom_data), "--seeds", "1"]) == 2
+    assert "voxmix: --seeds 1: a paired test needs >= 2 seeds" in capsys.readouterr().err
 
 
 @pytest.mark.gpu

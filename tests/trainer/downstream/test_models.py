@@ -7,12 +7,13 @@ import torch
 from monai.networks.nets import UNETR
 
 from tests.trainer.downstream.downstream_helpers import make_encoder
-from voxmix.formats.encoder import read_encoder
+from voxmix.formats.encoder import FORMAT, EncoderError, read_encoder
 from voxmix.trainer.downstream.models import (
     PatchUNETR,
     ViTClassifier,
     build_segmenter,
     build_vit,
+    check_encoder,
 )
 from voxmix.trainer.pretrain.config import ModelConfig
 from voxmix.trainer.pretrain.model import MAE3D
@@ -85,3 +86,30 @@ def test_bad_encoder_file(tmp_path):
     torch.save({"format": "voxmix.other/1"}, tmp_path / "bad.pt")
     with pytest.raises(ValueError, match="'format'"):
         read_encoder(tmp_path / "bad.pt")
+
+
+@pytest.mark.parametrize(
+    "change, why",
+    [
+        ({"mlp": 7}, "the weights do not fit the architecture in monai_vit_kwargs: "
+                     "blocks.0.mlp.linear1.weight: shape (7, 96), expected (384, 96)"),
+        ({"num_layers": 2}, "monai_vit_kwargs (num_layers 2, hidden_size 96) do not match the weights (3 blocks"),
+        ({"hidden_size": 90}, "do not match the weights (3 blocks, norm.weight of shape (96,))"),
+        ({"num_heads": 5}, "MONAI's ViT cannot be built from monai_vit_kwargs"),
+        ({"patch_size": [8, 8, 4]}, "monai_vit_kwargs.patch_size: only cubic sizes are supported"),
+        ({"in_channels": 2}, "monai_vit_kwargs.in_channels is 2; the volumes have 1"),
+    ],
+)  # fmt: skip
+def test_check_encoder_names_weights_that_do_not_fit(tiny_encoder, tmp_path, change, why):
+    """Readable files whose weights and monai_vit_kwargs disagree (defect 14 of #15) fail the up-front
+    check with the file named, before any network is built (the ViT is built on the meta device)."""
+    blob = read_encoder(tiny_encoder)
+    check_encoder(blob, tiny_encoder, segment=True)  # the untouched file passes
+    kw, sd = dict(blob["monai_vit_kwargs"]), dict(blob["state_dict"])
+    if "mlp" in change:
+        sd["blocks.0.mlp.linear1.weight"] = sd["blocks.0.mlp.linear1.weight"][: change.pop("mlp")]
+    kw.update(change)
+    torch.save({"format": FORMAT, "monai_vit_kwargs": kw, "state_dict": sd}, tmp_path / "bad.pt")
+    with pytest.raises(EncoderError) as err:
+        check_encoder(read_encoder(tmp_path / "bad.pt"), tmp_path / "bad.pt", segment=True)
+    assert str(err.value).startswith(f"{tmp_path / 'bad.pt'}: ") and why in str(err.value), err.value
