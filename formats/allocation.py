@@ -3,8 +3,12 @@ read by the trainer and by `lawfit report`.
 
 `validate_allocation` checks the parts every reader relies on (format, integer `budget.samples`,
 per-domain `weight` and `samples`); the rest (predicted loss, objective, baselines) is kept untouched in
-`Allocation.extra`. Whether a manifest can serve an allocation is the data loader's question
-(voxmix.trainer.data.allocation).
+`Allocation.extra`; `validate_extras` checks those that `lawfit report` reads, where present. Whether a
+manifest can serve an allocation is the data loader's question (voxmix.trainer.data.allocation).
+
+`budget.samples` is at most `MAX_SAMPLES`, checked by the reader, the writer and `make_allocation`, so
+that a huge budget is refused with a message naming it instead of overflowing an integer or exhausting
+memory downstream.
 """
 
 from __future__ import annotations
@@ -20,6 +24,11 @@ from .io import atomic_write_json, read_json
 
 FORMAT = "voxmix.allocation/1"
 WEIGHT_TOL = 1e-6
+MAX_SAMPLES = 2**31 - 1
+"""The largest budget an allocation may hold (about 2.1e9 samples, 100x beyond today's largest 3D
+pretraining runs). The trainer materialises its whole sample sequence (a domain id and an int32
+occurrence number per sample: 6 bytes, 12 GiB at this maximum); beyond it, or beyond int64 (9.2e18), a
+budget fails deep in numpy instead of at the option that set it."""
 
 
 class AllocationError(FormatError):
@@ -56,6 +65,11 @@ def validate_allocation(obj: Any, where: str) -> dict:
     total = budget["samples"]
     if not is_integral(total) or total < 0:
         raise AllocationError(f"{where}: field 'budget.samples' must be an integer >= 0, got {total!r}")
+    if total > MAX_SAMPLES:
+        raise AllocationError(
+            f"{where}: field 'budget.samples' {total!r} exceeds the maximum of {MAX_SAMPLES} samples an "
+            "allocation may hold (voxmix.formats.allocation.MAX_SAMPLES)"
+        )
     doms = obj.get("domains")
     if not isinstance(doms, dict) or not doms:
         raise AllocationError(f"{where}: field 'domains' must be a non-empty object")
@@ -69,6 +83,45 @@ def validate_allocation(obj: Any, where: str) -> dict:
         raise AllocationError(
             f"{where}: field 'domains.*.samples' sums to {nsum}, but 'budget.samples' is {int(total)}"
         )
+    return obj
+
+
+def _at(obj: Any, keys: tuple[str, ...], where: str) -> Any:
+    for k in keys:
+        if not isinstance(obj, dict) or k not in obj:
+            raise AllocationError(f"{where}: field '{'.'.join(keys)}' is missing")
+        obj = obj[k]
+    return obj
+
+
+def _number_at(obj: Any, keys: tuple[str, ...], where: str) -> float:
+    v = _at(obj, keys, where)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise AllocationError(f"{where}: field '{'.'.join(keys)}': expected a finite number, got {v!r}")
+    return float(v)
+
+
+def validate_extras(obj: dict, where: str) -> dict:
+    """Check the fields `lawfit allocate` adds and `lawfit report` reads, where present: predicted_loss,
+    objective (value, kkt.satisfied), baselines (weights, objective, improvement) and hubs.at_samples,
+    each per domain of a validated allocation. Returns `obj` unchanged."""
+    doms = sorted(obj["domains"])
+    for d in doms if "predicted_loss" in obj else ():
+        _number_at(obj, ("predicted_loss", d), where)
+    if "objective" in obj:
+        _number_at(obj, ("objective", "value"), where)
+        if not isinstance(_at(obj, ("objective", "kkt", "satisfied"), where), bool):
+            raise AllocationError(f"{where}: field 'objective.kkt.satisfied': expected true or false")
+    base = obj.get("baselines", {})
+    if not isinstance(base, dict):
+        raise AllocationError(f"{where}: field 'baselines': expected an object")
+    for name in base:
+        for keys in (("objective",), ("improvement", "raw"), ("improvement", "reducible")):
+            _number_at(obj, ("baselines", name, *keys), where)
+        for d in doms:
+            _number_at(obj, ("baselines", name, "domains", d, "weight"), where)
+    for d in doms if "hubs" in obj else ():
+        _number_at(obj, ("hubs", "at_samples", d), where)
     return obj
 
 
@@ -128,8 +181,8 @@ def make_allocation(weights: dict[str, float], total: int) -> Allocation:
     For tests, sweeps and single-domain pilots that have no `allocation.json`; `lawfit allocate` is the
     normal producer.
     """
-    if not is_integral(total) or total < 0:
-        raise AllocationError(f"total must be an integer >= 0, got {total!r}")
+    if not is_integral(total) or not 0 <= total <= MAX_SAMPLES:
+        raise AllocationError(f"total must be an integer in [0, {MAX_SAMPLES}], got {total!r}")
     wsum = math.fsum(weights.values())
     if not weights or not math.isfinite(wsum) or wsum <= 0:
         raise AllocationError(f"weights must be non-empty with a positive finite sum, got {weights!r}")

@@ -2,7 +2,21 @@
 
 The writer flushes and fsyncs every line, so a SIGKILL loses at most the line being written; the reader
 skips such a truncated last line with a warning and treats any other malformed line as an error that
-names the file and line.
+names the file and line. A writer that resumes a log cuts such a torn tail before its first append (so
+that it never merges with the next event); a log merged that way by an older writer is read with a
+warning (the torn prefix dropped, the event after it kept).
+
+One folder, one run (`read_runlog` enforces it):
+- Two `eval` events at the same step are one evaluation logged twice (two trainers wrote the folder, or
+  a re-logged evaluation): identical ones are counted once with a warning naming file, lines and step;
+  different ones (loss, loss_se or samples_seen) are an error naming file, lines and values, since no
+  reader can tell which one is the run's.
+- A second `start` (a resumed run) must name the same run: run_id, domains, mixture, budget_samples and
+  seed; any difference is an error naming both lines and the differing fields.
+- After an `end` with status `failed`, events continue (the run was resumed) with one warning. After an
+  `end` with status `completed` the run is over: only repeats are accepted (identical `eval` duplicates,
+  the same `end`, a `start` of the same run; `throughput` events are ignored), all named in one warning;
+  a new evaluation or a different `end` is an error naming both lines.
 """
 
 from __future__ import annotations
@@ -27,6 +41,47 @@ class RunLogError(FormatError):
     """A run log that does not follow `voxmix.runlog/1`."""
 
 
+def _repair_torn_tail(path: Path) -> None:
+    """End `path` on a newline before appending to it. An unterminated last line is what a writer killed
+    mid-write leaves; appended to as is, it would merge with the next event into one invalid line. It is
+    cut (it was never a complete record), or, if it is a complete JSON object that lost only its newline,
+    kept and terminated. Either way a warning names the file."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return
+    try:
+        size = os.fstat(fd).st_size
+        if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+            return
+        keep, end = 0, size
+        while end > 0:  # the last newline, read backwards in blocks (logs can be large)
+            start = max(0, end - (1 << 16))
+            k = os.pread(fd, end - start, start).rfind(b"\n")
+            if k >= 0:
+                keep = start + k + 1
+                break
+            end = start
+        tail = os.pread(fd, size - keep, keep)
+        try:
+            whole = isinstance(json.loads(tail), dict)
+        except ValueError:
+            whole = False
+        if whole:
+            os.pwrite(fd, b"\n", size)
+            msg = f"{path}: the last line had no newline (a writer killed after writing it); added one"
+        else:
+            os.ftruncate(fd, keep)
+            msg = (
+                f"{path}: cut {size - keep} bytes of a torn last line (a writer killed mid-write; never a "
+                "complete record) before appending"
+            )
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    warnings.warn(msg, stacklevel=4)
+
+
 class RunLogWriter:
     """Appends events to `<run_dir>/runlog.jsonl`; never truncates an existing log (resumed runs append)."""
 
@@ -34,8 +89,12 @@ class RunLogWriter:
         path = Path(path)
         self.path = path / FILENAME if path.is_dir() or path.suffix != ".jsonl" else path
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tail_checked = False
 
     def _append(self, obj: dict[str, Any]) -> None:
+        if not self._tail_checked:
+            _repair_torn_tail(self.path)
+            self._tail_checked = True
         line = json.dumps(obj, allow_nan=False, separators=(",", ":")) + "\n"
         # One write() of a whole line on an O_APPEND descriptor, then fsync: a crash leaves either the
         # full line or a truncated last line, which readers skip.
@@ -209,13 +268,29 @@ def _resolve(path: str | os.PathLike) -> Path:
     return path / FILENAME if path.is_dir() else path
 
 
-def _objects(path: Path, on_tail) -> Iterator[tuple[int, dict]]:
+def _after_torn_prefix(text: str) -> tuple[int, dict] | None:
+    """(bytes dropped, event) of a line where a killed writer's torn line was merged with the next event
+    by an older writer that appended after it; None when `text` is not such a line."""
+    k = text.rfind('{"event":')
+    if k <= 0:
+        return None
+    try:
+        obj = json.loads(text[k:])
+    except ValueError:
+        return None
+    return (len(text[:k].encode("utf-8")), obj) if isinstance(obj, dict) else None
+
+
+def _objects(path: Path, warn) -> Iterator[tuple[int, dict]]:
     """(line number, object) of each non-empty line. A malformed *last* line is the tail of a writer
-    killed mid-write: `on_tail(message)` is told and reading stops; any other malformed line is an error."""
+    killed mid-write: `warn(message)` is told and reading stops; a torn line merged with the next event is
+    read as that event, with a warning; any other malformed line is an error."""
     try:
         raw = path.read_bytes().decode("utf-8", errors="replace")
     except FileNotFoundError:
         raise RunLogError(f"{path}: run log not found") from None
+    except OSError as exc:
+        raise RunLogError(f"{path}: cannot read the run log: {exc.strerror}") from None
     lines = raw.split("\n")
     # A file ending in "\n" yields a final empty string; anything else in the last slot is unterminated.
     last_unterminated = lines[-1] != ""
@@ -229,79 +304,183 @@ def _objects(path: Path, on_tail) -> Iterator[tuple[int, dict]]:
             if not isinstance(obj, dict):
                 raise ValueError("not a JSON object")
         except ValueError as exc:
-            if i == len(lines) and (last_unterminated or i > 1):
-                on_tail(f"{path}:{i}: truncated last line skipped (crash mid-write?)")
+            merged = _after_torn_prefix(text)
+            if merged is not None:
+                warn(
+                    f"{path}:{i}: dropped {merged[0]} bytes of a torn line (a writer killed mid-write, "
+                    "then resumed) before the event on this line"
+                )
+                obj = merged[1]
+            elif i == len(lines) and (last_unterminated or i > 1):
+                warn(f"{path}:{i}: truncated last line skipped (crash mid-write?)")
                 return
-            raise _err(path, i, f"malformed line: {exc}") from None
+            else:
+                raise _err(path, i, f"malformed line: {exc}") from None
         yield i, obj
 
 
-def _add_event(run: RunLog, ev: str, obj: dict, path: Path, i: int) -> None:
-    """Validate one non-start event and record it on `run`."""
-    if ev == "eval":
-        _need(obj, "step", int, path, i, ev)
-        seen = _domain_map(obj, "samples_seen", path, i, ev, run.domains, integer=True, positive=False)
-        loss = _domain_map(obj, "loss", path, i, ev, run.domains, integer=False, positive=True)
-        if not loss:
-            raise _err(path, i, "field 'loss' is empty")
-        # Optional (logs written before it existed stay valid): finite, >= 0, only for evaluated domains.
-        se = _domain_map(
-            obj, "loss_se", path, i, ev, run.domains, integer=False, positive=False, required=False
-        )
-        orphan = sorted(set(se) - set(loss))
-        if orphan:
-            raise _err(
-                path, i, f"field 'loss_se.{orphan[0]}': no 'loss' for domain '{orphan[0]}' in this event"
+def _parse_eval(obj: dict, domains: list[str], path: Path, i: int) -> EvalPoint:
+    ev = "eval"
+    _need(obj, "step", int, path, i, ev)
+    seen = _domain_map(obj, "samples_seen", path, i, ev, domains, integer=True, positive=False)
+    loss = _domain_map(obj, "loss", path, i, ev, domains, integer=False, positive=True)
+    if not loss:
+        raise _err(path, i, "field 'loss' is empty")
+    # Optional (logs written before it existed stay valid): finite, >= 0, only for evaluated domains.
+    se = _domain_map(obj, "loss_se", path, i, ev, domains, integer=False, positive=False, required=False)
+    orphan = sorted(set(se) - set(loss))
+    if orphan:
+        raise _err(path, i, f"field 'loss_se.{orphan[0]}': no 'loss' for domain '{orphan[0]}' in this event")
+    return EvalPoint(obj["step"], {d: seen.get(d, 0) for d in domains}, loss, i, se)
+
+
+def _parse_throughput(obj: dict, domains: list[str], path: Path, i: int) -> dict:
+    ev = "throughput"
+    _need(obj, "step", int, path, i, ev)
+    sps = _need(obj, "samples_per_s", (int, float), path, i, ev)
+    if not (math.isfinite(sps) and sps > 0):
+        raise _err(path, i, f"field 'samples_per_s': expected a positive number, got {sps}")
+    obj["seconds_per_sample"] = _domain_map(
+        obj, "seconds_per_sample", path, i, ev, domains, integer=False, positive=True
+    )
+    return obj
+
+
+def _parse_end(obj: dict, path: Path, i: int) -> tuple[str, int]:
+    status = _need(obj, "status", str, path, i, "end")
+    if status not in ("completed", "failed"):
+        raise _err(path, i, f"field 'status': expected 'completed' or 'failed', got {status!r}")
+    return status, _need(obj, "step", int, path, i, "end")
+
+
+_ONE_RUN = (
+    "a run folder holds one run (two trainers wrote this one?): keep one run's log, or rerun the run in "
+    "a new folder"
+)
+
+
+def _same_run(run: RunLog, again: RunLog, first: int, i: int) -> None:
+    """A second `start` (a resumed run) must describe the run of the first one."""
+    mix = lambda r: {d: r.mixture.get(d, 0.0) for d in r.domains}  # noqa: E731
+    pairs = {
+        "run_id": (run.run_id, again.run_id),
+        "domains": (run.domains, again.domains),
+        "mixture": (mix(run), mix(again)),
+        "budget_samples": (run.budget_samples, again.budget_samples),
+        "seed": (run.seed, again.seed),
+    }
+    diff = [f"{k} {a!r} at line {first}, {b!r} here" for k, (a, b) in pairs.items() if a != b]
+    if diff:
+        raise _err(run.path, i, "this 'start' event names another run: " + "; ".join(diff) + f"; {_ONE_RUN}")
+
+
+def _check_repeat(first: EvalPoint, again: EvalPoint, path: Path) -> None:
+    """Two evals at one step must be one evaluation logged twice: identical values, else an error."""
+    for name in ("loss", "loss_se", "samples_seen"):
+        a, b = getattr(first, name), getattr(again, name)
+        if a != b:
+            raise RunLogError(
+                f"{path}: lines {first.line} and {again.line}: two 'eval' events at step {first.step} "
+                f"disagree: {name} {a} vs {b}; {_ONE_RUN}"
             )
-        run.evals.append(EvalPoint(obj["step"], {d: seen.get(d, 0) for d in run.domains}, loss, i, se))
-    elif ev == "throughput":
-        _need(obj, "step", int, path, i, ev)
-        sps = _need(obj, "samples_per_s", (int, float), path, i, ev)
-        if not (math.isfinite(sps) and sps > 0):
-            raise _err(path, i, f"field 'samples_per_s': expected a positive number, got {sps}")
-        obj["seconds_per_sample"] = _domain_map(
-            obj, "seconds_per_sample", path, i, ev, run.domains, integer=False, positive=True
-        )
-        run.throughput.append(obj)
-    else:  # end
-        status = _need(obj, "status", str, path, i, ev)
-        if status not in ("completed", "failed"):
-            raise _err(path, i, f"field 'status': expected 'completed' or 'failed', got {status!r}")
-        _need(obj, "step", int, path, i, ev)
-        run.status = status
+
+
+@dataclass
+class _Reading:
+    """What `read_runlog` tracks between events besides the run itself."""
+
+    run: RunLog
+    first_start: int
+    by_step: dict[int, EvalPoint] = field(default_factory=dict)
+    ended: tuple[int, str, int] | None = None
+    """(line, status, step) of the `end` event in force; None after a resume or before any."""
+    repeats: list[str] = field(default_factory=list)
+    """Steps logged twice with identical values (each counted once)."""
+    after_end: list[int] = field(default_factory=list)
+    """Lines after a `completed` end (accepted only as repeats)."""
+
+    def event(self, ev: str, obj: dict, path: Path, i: int) -> None:
+        run, ended = self.run, self.ended
+        if ev == "start":
+            return _same_run(run, _parse_start(obj, path, i), self.first_start, i)
+        if ended is not None and ended[1] == "failed":  # a failed run, resumed
+            run.warnings.append(f"{path}:{i}: events after the 'failed' end at line {ended[0]} (resumed run)")
+            self.ended, ended, run.status = None, None, "running"
+        if ended is not None:
+            self.after_end.append(i)
+        if ev == "eval":
+            point = _parse_eval(obj, run.domains, path, i)
+            first = self.by_step.get(point.step)
+            if first is not None:
+                _check_repeat(first, point, path)
+                self.repeats.append(f"step {point.step} (lines {first.line}, {i})")
+            elif ended is not None:
+                raise _err(
+                    path,
+                    i,
+                    f"'eval' at step {point.step} after line {ended[0]} ended the run "
+                    f"'completed' at step {ended[2]}: a completed run does not continue; {_ONE_RUN}",
+                )
+            else:
+                self.by_step[point.step] = point
+                run.evals.append(point)
+        elif ev == "throughput":
+            t = _parse_throughput(obj, run.domains, path, i)
+            if ended is None:  # after a completed end: another writer's timing, not this run's
+                run.throughput.append(t)
+        else:
+            status, step = _parse_end(obj, path, i)
+            if ended is not None and (status, step) != (ended[1], ended[2]):
+                raise _err(
+                    path,
+                    i,
+                    f"'end' with status {status!r} at step {step} after line {ended[0]} ended "
+                    f"the run 'completed' at step {ended[2]}; {_ONE_RUN}",
+                )
+            if ended is None:
+                self.ended, run.status = (i, status, step), status
+
+    def finish(self, path: Path) -> None:
+        """Add the warnings gathered over the log (one each, however many events)."""
+        if self.repeats:
+            self.run.warnings.append(
+                f"{path}: {len(self.repeats)} 'eval' event(s) repeat an earlier one with identical values "
+                f"(two trainers wrote this folder, or an evaluation was logged twice), each counted once: "
+                + ", ".join(self.repeats)
+            )
+        if self.after_end:
+            lines = self.after_end
+            self.run.warnings.append(
+                f"{path}: {len(lines)} event(s) after the 'completed' end at line {self.ended[0]} (lines "
+                f"{lines[0]}-{lines[-1]}) only repeat the run; not used"
+            )
 
 
 def read_runlog(path: str | os.PathLike) -> RunLog:
-    """Read and validate one run log (strict); `path` is the file or its run directory."""
+    """Read and validate one run log (strict); `path` is the file or its run directory. See the module
+    docstring for duplicated evaluations, repeated `start` events and events after `end`."""
     path = _resolve(path)
-    run: RunLog | None = None
+    state: _Reading | None = None
     tail: list[str] = []
 
-    def on_tail(msg: str) -> None:
+    def warn(msg: str) -> None:
         warnings.warn(msg, stacklevel=4)
         tail.append(msg)
 
-    ended = False
-    for i, obj in _objects(path, on_tail):
+    for i, obj in _objects(path, warn):
         ev = obj.get("event")
         if ev not in _EVENTS:
             raise _err(path, i, f"field 'event': expected one of {list(_EVENTS)}, got {ev!r}")
-        if run is None:
+        if state is None:
             if ev != "start":
                 raise _err(path, i, f"the first event must be 'start', got '{ev}'")
-            run = _parse_start(obj, path, i)
-        elif ev == "start":
-            # A resumed run appends a second start: it must describe the same run.
-            again = _parse_start(obj, path, i)
-            if again.run_id != run.run_id or again.domains != run.domains:
-                raise _err(path, i, "a second 'start' event names a different run_id or domains")
+            state = _Reading(_parse_start(obj, path, i), i)
         else:
-            if ended:
-                run.warnings.append(f"{path}:{i}: event after 'end' (resumed run)")
-            _add_event(run, ev, obj, path, i)
-            ended = ev == "end"
-    if run is None:
+            state.event(ev, obj, path, i)
+    if state is None:
         raise RunLogError(f"{path}: empty run log (no 'start' event)")
+    state.finish(path)
+    run = state.run
     run.warnings.extend(tail)
     if run.status == "running":
         run.warnings.append(f"{path}: no 'end' event (run still running or killed); using its evaluations")
@@ -338,7 +517,10 @@ def read_state(path: str | os.PathLike) -> RunState:
         try:
             ev = json.loads(line)
         except json.JSONDecodeError:
-            continue
+            merged = _after_torn_prefix(line)  # an older writer's merge: the event after the torn part
+            if merged is None:
+                continue
+            ev = merged[1]
         kind = ev.get("event") if isinstance(ev, dict) else None
         if kind == "start":
             start = start or ev

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 from scipy.optimize import minimize
 
-from voxmix.formats.allocation import FORMAT
+from voxmix.formats.allocation import FORMAT, MAX_SAMPLES
 
 from .errors import LawfitError
 from .hubs import hub_analysis
@@ -30,12 +30,19 @@ class Budget:
     def __post_init__(self):
         if (self.samples is None) == (self.seconds is None):
             raise LawfitError("give exactly one budget: --budget-samples or --budget-hours")
-        if self.samples is not None and not self.samples > 0:
-            raise LawfitError(f"--budget-samples must be a positive integer, got {self.samples}")
-        if self.seconds is not None and not (np.isfinite(self.seconds) and self.seconds > 0):
+        # Checked before any work: a budget beyond MAX_SAMPLES overflowed int64 (1e19 "bought no whole
+        # sample") or exhausted memory downstream (1e14); see voxmix.formats.allocation.MAX_SAMPLES.
+        n = self.samples
+        if n is not None and (isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= 0):
+            raise LawfitError(f"--budget-samples must be a positive integer, got {n!r}")
+        if n is not None and n > MAX_SAMPLES:
             raise LawfitError(
-                f"--budget-hours must be positive, got {self.seconds / 3600 if self.seconds else self.seconds}"
+                f"--budget-samples {n} exceeds the maximum of {MAX_SAMPLES} samples an allocation may "
+                "hold (voxmix.formats.allocation.MAX_SAMPLES: the trainer keeps its whole sample sequence "
+                "in memory)"
             )
+        if self.seconds is not None and not (np.isfinite(self.seconds) and self.seconds > 0):
+            raise LawfitError(f"--budget-hours must be a positive finite number, got {self.seconds / 3600}")
 
 
 @dataclass
@@ -66,7 +73,16 @@ def _costs(laws: Laws, budget: Budget) -> tuple[np.ndarray, float]:
             f"--budget-hours needs each domain's measured seconds per sample; the runs had no "
             f"throughput for {missing} (use --budget-samples, or log throughput events)"
         )
-    return np.array([laws.seconds_per_sample[d] for d in doms]), float(budget.seconds)
+    c = np.array([laws.seconds_per_sample[d] for d in doms])
+    most = float(budget.seconds) / float(c.min())  # samples if all went to the cheapest domain
+    if most > MAX_SAMPLES:
+        d = doms[int(c.argmin())]
+        raise LawfitError(
+            f"--budget-hours {budget.seconds / 3600:g} buys up to {most:.3g} samples (domain '{d}' at "
+            f"{c.min():g} s/sample), more than the maximum of {MAX_SAMPLES} an allocation may hold "
+            "(voxmix.formats.allocation.MAX_SAMPLES); lower the budget"
+        )
+    return c, float(budget.seconds)
 
 
 def _objective_weights(doms: list[str], weights: dict[str, float] | None) -> np.ndarray:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 import warnings
+from pathlib import Path
 
 from voxmix.formats.errors import FormatError
 
@@ -22,6 +24,30 @@ def _pairs(items: list[str] | None, opt: str, conv=float) -> dict:
         except ValueError:
             raise LawfitError(f"{opt} {it!r}: {v!r} is not a valid number") from None
     return out
+
+
+def _output_file(path: str, example: str) -> None:
+    """Refuse, before any work, an output file that names a folder or lies under a file."""
+    if Path(path).is_dir():
+        raise LawfitError(
+            f"-o/--output {path}: is a folder; name the file to write (e.g. {Path(path) / example})"
+        )
+    _under_folders(path)
+
+
+def _output_dir(path: str) -> None:
+    """Refuse, before any work, an output folder that names a file or lies under a file."""
+    if Path(path).exists() and not Path(path).is_dir():
+        raise LawfitError(f"-o/--output {path}: is a file, not a folder; name a folder to write into")
+    _under_folders(path)
+
+
+def _under_folders(path: str) -> None:
+    for q in Path(path).parents:  # nearest first: the first that exists must be a folder
+        if q.exists():
+            if not q.is_dir():
+                raise LawfitError(f"-o/--output {path}: {q} is a file, not a folder")
+            return
 
 
 def _fit_config(a):
@@ -50,6 +76,7 @@ def _dataset(a):
 def cmd_fit(a) -> int:
     from .study import fit_laws
 
+    _output_file(a.output, "laws.json")
     laws = fit_laws(_dataset(a), _fit_config(a))
     laws.save(a.output)
     sel = laws.fit["selection"]
@@ -73,6 +100,7 @@ def cmd_allocate(a) -> int:
 
     if a.budget_samples is not None and a.budget_hours is not None:
         raise LawfitError("give one budget: --budget-samples or --budget-hours, not both")
+    _output_file(a.output, "allocation.json")
     budget = Budget(
         samples=a.budget_samples, seconds=None if a.budget_hours is None else a.budget_hours * 3600.0
     )
@@ -113,6 +141,8 @@ def cmd_validate(a) -> int:
 
     from .validate import format_table, validate
 
+    if a.output:
+        _output_file(a.output, "scores.json")
     res = validate(_dataset(a), a.fit_max_samples, _fit_config(a))
     print(format_table(res))
     if a.output:
@@ -125,6 +155,7 @@ def cmd_plan(a) -> int:
 
     from .plan import make_plan
 
+    _output_file(a.output, "plan.json")
     plan = make_plan(
         a.domains,
         _pairs(a.unique, "--unique", int),
@@ -160,8 +191,9 @@ def cmd_report(a) -> int:
     from .lawsfile import Laws
     from .report import write_report
 
+    _output_dir(a.output)
     laws = Laws.load(a.laws)
-    alloc = read_allocation(a.allocation).to_json() if a.allocation else None
+    alloc = read_allocation(a.allocation) if a.allocation else None
     holdout = None
     if a.runs:
         from .dataset import build_dataset, load_runs
@@ -180,6 +212,7 @@ def cmd_simulate(a) -> int:
     from .lawsfile import Laws
     from .simulate import default_design, simulate_runs
 
+    _output_dir(a.output)
     laws = Laws.load(a.truth)
     if a.plan:
         plan = plan_json(read_plan(a.plan))
@@ -188,10 +221,30 @@ def cmd_simulate(a) -> int:
             laws, budget_per_run=a.budget_per_run, n_mixtures=a.mixtures, n_evals=a.evals, seed=a.seed
         )
     paths = simulate_runs(
-        laws, plan, a.output, noise=a.noise, run_noise=a.run_noise, seed=a.seed, overwrite=a.overwrite
+        laws,
+        plan,
+        a.output,
+        noise=a.noise,
+        run_noise=a.run_noise,
+        seed=a.seed,
+        overwrite=a.overwrite,
+        where=a.plan or "the default design",
     )
     print(f"wrote {len(paths)} simulated runs to {a.output}")
     return 0
+
+
+_BAD_PATH = {
+    errno.EACCES,
+    errno.EPERM,
+    errno.ENOENT,
+    errno.ENOTDIR,
+    errno.EISDIR,
+    errno.EEXIST,
+    errno.EROFS,
+    errno.ENAMETOOLONG,
+    errno.ELOOP,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -313,6 +366,11 @@ def main(argv: list[str] | None = None) -> int:
     except (LawfitError, FormatError) as exc:
         print(f"lawfit: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        # A path the system refuses (no permission, read-only, a file where a folder must be) is bad
+        # input: exit 2; a disk that fails (full, I/O error) fails the run: exit 1.
+        print(f"lawfit: error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+        return 2 if exc.errno in _BAD_PATH else 1
     except KeyboardInterrupt:
         print("lawfit: interrupted", file=sys.stderr)
         return 130

@@ -55,6 +55,8 @@ class FitConfig:
             raise LawfitError(f"cv_folds must be >= 2, got {self.cv_folds}")
         if self.bootstrap < 0:
             raise LawfitError(f"bootstrap must be >= 0, got {self.bootstrap}")
+        if self.workers < 0:
+            raise LawfitError(f"workers must be >= 0 (0: one per core), got {self.workers}")
         if self.bootstrap_method not in BOOTSTRAP_METHODS:
             raise LawfitError(
                 f"bootstrap_method must be one of {BOOTSTRAP_METHODS}, got {self.bootstrap_method!r}"

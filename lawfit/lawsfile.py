@@ -112,6 +112,14 @@ class Laws:
         form, domains = obj["form"], list(obj["domains"])
         if form not in FORMS:
             raise LawfitError(f"{where}: field 'form': unknown form {form!r} (known: {sorted(FORMS)})")
+        n = get_form(form).n_params(len(domains) - 1)
+        for d, v in ((obj.get("uncertainty") or {}).get("samples") or {}).items():
+            # n - 1: draws written before d0 was fitted per target (unpack_samples inserts it).
+            if v and len(v[0]) not in (n, n - 1):
+                raise LawfitError(
+                    f"{where}: field 'uncertainty.samples.{d}': a draw of form {form!r} over "
+                    f"{len(domains)} domains has {n} parameters, got {len(v[0])}"
+                )
         alts = {}
         for f, a in (obj.get("alternatives") or {}).items():
             if f not in FORMS:

@@ -10,8 +10,11 @@ planned, and the sweep would refuse the finished run.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
+from voxmix.formats.allocation import MAX_SAMPLES
 from voxmix.formats.plan import FORMAT
 
 from .errors import LawfitError
@@ -25,6 +28,9 @@ SKEW_ALPHA = 0.5
 """Dirichlet concentration of the skewed holdouts (< 1: mass on few domains)."""
 SKEW_TRIES = 1000
 NEAR_FIT_TV = 0.1
+# A domain name becomes part of run ids (`pilot-<d>`, `pair-<a>+<b>`), i.e. of folder names: the
+# characters of the ingest spec's domain names.
+DOMAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 """A held-out mixture this close to a fitted one validates little: warned."""
 
 # One planned run before it gets its budget: (role, run_id, mixture weights by domain).
@@ -64,6 +70,12 @@ def _check_domains(domains: list[str], unique: dict[str, int]) -> None:
         raise LawfitError("--domains: give at least one domain")
     if len(set(domains)) != len(domains):
         raise LawfitError(f"--domains: duplicate names in {domains}")
+    bad = [d for d in domains if not DOMAIN_NAME.fullmatch(d)]
+    if bad:
+        raise LawfitError(
+            f"--domains {bad[0]!r}: a domain name is letters, digits and _ . - (not first); it becomes "
+            "part of the runs' folder names"
+        )
     missing = [d for d in domains if d not in unique]
     if missing:
         raise LawfitError(f"--unique: no unique-sample count for domain(s) {missing} (give d=N for each)")
@@ -85,13 +97,18 @@ def _positive_int(opt: str, value, *, optional: bool = True) -> None:
 def _check_options(target_budget, pilot_fraction, design, global_batch, pilot_samples, first_eval, n_evals):
     if design not in DESIGNS:
         raise LawfitError(f"--design must be one of {list(DESIGNS)}, got {design!r}")
-    if target_budget <= 0:
-        raise LawfitError(f"--target-budget must be positive, got {target_budget}")
+    if not 0 < target_budget <= MAX_SAMPLES:
+        raise LawfitError(
+            f"--target-budget must be in [1, {MAX_SAMPLES}] (the most samples an allocation may hold, "
+            f"voxmix.formats.allocation.MAX_SAMPLES), got {target_budget}"
+        )
     # pilot_samples replaces the fraction: an unused --pilot-fraction is not checked.
     if pilot_samples is None and not 0 < pilot_fraction <= 1:
         raise LawfitError(f"--pilot-fraction must be in (0, 1], got {pilot_fraction}")
     _positive_int("--global-batch", global_batch, optional=False)
     _positive_int("--pilot-samples", pilot_samples)
+    if pilot_samples is not None and pilot_samples > MAX_SAMPLES:
+        raise LawfitError(f"--pilot-samples must be at most {MAX_SAMPLES}, got {pilot_samples}")
     _positive_int("--first-eval", first_eval)
     _positive_int("--evals", n_evals, optional=False)
 

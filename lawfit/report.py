@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from voxmix.formats.allocation import Allocation, parse_allocation, validate_extras
 from voxmix.formats.io import atomic_write_text
 
 from .dataset import Dataset
@@ -278,10 +279,36 @@ def _md_transfer(laws: Laws, hubs: dict, T: np.ndarray, iv, at: np.ndarray, at_w
     return md + ["", f"(thresholds: hub >= {HUB_OUT}, island < {ISLAND})", ""]
 
 
-def _md_allocation(laws: Laws, alloc: dict) -> list[str]:
+def report_allocation(laws: Laws, alloc: Allocation | dict) -> tuple[dict, list[str]]:
+    """The allocation as the report reads it, and notes on what it lacked.
+
+    Its domains must be the laws'. The fields `lawfit allocate` adds are checked where present
+    (voxmix.formats.allocation.validate_extras); an allocation without them (hand-written, or from
+    `make_allocation`) is reported with the losses these laws predict at its samples."""
+    if isinstance(alloc, dict):
+        alloc = parse_allocation(alloc, "allocation")
+    if alloc.domains != sorted(laws.domains):
+        raise LawfitError(
+            f"{alloc.source}: field 'domains': {alloc.domains} are not the laws' domains "
+            f"{sorted(laws.domains)}; report an allocation made from these laws"
+        )
+    obj = validate_extras(alloc.to_json(), alloc.source)
+    notes = []
+    if "predicted_loss" not in obj:
+        D = np.array([[float(alloc.samples[d]) for d in laws.domains]])
+        obj["predicted_loss"] = dict(zip(laws.domains, laws.predict(D)[0].tolist()))
+        notes.append(
+            f"{alloc.source} has no predicted losses (not written by lawfit allocate?): the table shows "
+            "these laws' predictions at its samples."
+        )
+    return obj, notes
+
+
+def _md_allocation(laws: Laws, alloc: dict, notes: list[str]) -> list[str]:
     md = [
         "## Allocation",
         "",
+        *[line for n in notes for line in (f"Note: {n}", "")],
         f"Budget: {alloc['budget']}.",
         "",
         "| domain | share | samples | predicted loss |",
@@ -300,20 +327,23 @@ def _md_allocation(laws: Laws, alloc: dict) -> list[str]:
         md.append(
             f"| {name} | {b['objective']:.4f} | {100 * im['raw']:.2f}% | {100 * im['reducible']:.2f}% |"
         )
-    return md + [
-        "",
-        f"Transfer-aware objective: {alloc['objective']['value']:.4f}; KKT satisfied: "
-        f"{alloc['objective']['kkt']['satisfied']}.",
-        "",
-        "![allocation](allocation.png)",
-        "",
-    ]
+    if "objective" in alloc:
+        md += [
+            "",
+            f"Transfer-aware objective: {alloc['objective']['value']:.4f}; KKT satisfied: "
+            f"{alloc['objective']['kkt']['satisfied']}.",
+        ]
+    return md + ["", "![allocation](allocation.png)", ""]
 
 
 def write_report(
-    laws: Laws, alloc: dict | None, out_dir: str | os.PathLike, holdout: Dataset | None = None
+    laws: Laws,
+    alloc: Allocation | dict | None,
+    out_dir: str | os.PathLike,
+    holdout: Dataset | None = None,
 ) -> list[Path]:
     """Write the figures and report.md to out_dir; `holdout`: extra (held-out) runs to draw."""
+    alloc, alloc_notes = report_allocation(laws, alloc) if alloc is not None else (None, [])
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     pts, notes = run_points(laws, holdout)
@@ -338,6 +368,6 @@ def write_report(
     if notes:
         md += ["## Notes", "", *[f"- {n}" for n in notes], ""]
     if alloc is not None:
-        md += _md_allocation(laws, alloc)
+        md += _md_allocation(laws, alloc, alloc_notes)
     files.append(atomic_write_text(out / "report.md", "\n".join(md) + "\n"))
     return files

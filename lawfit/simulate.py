@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
 import numpy as np
 
-from voxmix.formats.plan import validate_plan
+from voxmix.formats.allocation import MAX_SAMPLES
+from voxmix.formats.plan import check_run_id, validate_plan
 from voxmix.formats.runlog import FILENAME, RunLogWriter
 
 from .errors import LawfitError
@@ -27,6 +29,9 @@ def default_design(
 ) -> dict:
     """`lawfit plan`'s design with every run at `budget_per_run` samples: its default design, or the random
     one when `n_mixtures` is given (singles + that many random mixtures)."""
+    n = budget_per_run
+    if isinstance(n, bool) or not isinstance(n, int) or not 0 < n <= MAX_SAMPLES:
+        raise LawfitError(f"--budget-per-run must be an integer in [1, {MAX_SAMPLES}], got {n!r}")
     unique = {d: int(laws.unique_samples.get(d, 10 * budget_per_run)) for d in laws.domains}
     design = design or ("random" if n_mixtures is not None else "pairs")
     return make_plan(
@@ -51,30 +56,37 @@ def simulate_runs(
     run_noise: float = 0.0,
     seed: int = 0,
     overwrite: bool = False,
+    where: str = "plan",
 ) -> list[Path]:
     """Write one run directory per planned run; losses are the laws' predictions times lognormal noise:
     `noise` independent per evaluation, `run_noise` one offset per run and domain shared by all of the
-    run's evaluations (a run's seed shifts its whole curve, so real evaluations within a run correlate)."""
-    if noise < 0:
-        raise LawfitError(f"--noise must be >= 0, got {noise}")
-    if run_noise < 0:
-        raise LawfitError(f"--run-noise must be >= 0, got {run_noise}")
-    validate_plan(plan, "plan")
+    run's evaluations (a run's seed shifts its whole curve, so real evaluations within a run correlate).
+    `where` names the plan in messages (its file)."""
+    for opt, v in (("--noise", noise), ("--run-noise", run_noise)):
+        if not (math.isfinite(v) and v >= 0):
+            raise LawfitError(f"{opt} must be >= 0 and finite, got {v}")
+    validate_plan(plan, where)
+    out_dir = Path(out_dir)
+    # Every run folder is checked before the first is written (here as well as by the plan reader:
+    # callers may pass a plan of their own), so that a bad run leaves no half-simulated study behind.
+    run_dirs = [_run_dir(out_dir, r["run_id"], f"{where}: runs[{i}]") for i, r in enumerate(plan["runs"])]
+    taken = [str(p / FILENAME) for p in run_dirs if (p / FILENAME).exists()]
+    if taken and not overwrite:
+        raise LawfitError(
+            f"{taken[0]} already exists{f' (and {len(taken) - 1} more)' if len(taken) > 1 else ''}; "
+            "simulate into a new folder or pass --overwrite"
+        )
     unknown = [d for d in plan["domains"] if d not in laws.domains]
     if unknown:
         raise LawfitError(f"plan domain(s) {unknown} have no law in the truth file (it has {laws.domains})")
-    out_dir = Path(out_dir)
     rng = np.random.default_rng(seed)
     # Its own stream, so that run_noise = 0 leaves the per-evaluation noise of earlier versions unchanged.
     run_rng = np.random.default_rng([seed, 1]) if run_noise > 0 else None
     cost = {d: laws.seconds_per_sample.get(d, 0.01) for d in laws.domains}
     paths = []
-    for r in plan["runs"]:
-        run_dir = out_dir / r["run_id"]
+    for r, run_dir in zip(plan["runs"], run_dirs):
         log = run_dir / FILENAME
         if log.exists():
-            if not overwrite:
-                raise LawfitError(f"{log} already exists; simulate into a new folder or pass --overwrite")
             log.unlink()
         w = np.array([r["mixture"].get(d, 0.0) for d in laws.domains])
         unique = {
@@ -118,6 +130,16 @@ def simulate_runs(
         writer.end(status="completed", step=int(r["budget_samples"]) // batch)
         paths.append(run_dir)
     return paths
+
+
+def _run_dir(out_dir: Path, run_id, where: str) -> Path:
+    """`out_dir / run_id`, for a run id that is a plain folder name and whose folder, if it exists, is
+    not a link leading out of `out_dir`."""
+    check_run_id(run_id, where)  # the plan format's rule: no separators, '..', absolute paths, NUL
+    run_dir = out_dir / run_id
+    if run_dir.exists() and run_dir.resolve().parent != out_dir.resolve():
+        raise LawfitError(f"{where}: run folder {run_dir} leads outside {out_dir} (a link?); remove it")
+    return run_dir
 
 
 def random_laws(

@@ -1,5 +1,6 @@
 import json
 import math
+import os
 
 import pytest
 
@@ -146,3 +147,119 @@ def test_find_runlogs_expands_parents_and_globs(tmp_path):
         find_runlogs([str(tmp_path / "nothing*")])
     with pytest.raises(RunLogError, match="no such run directory"):
         find_runlogs([str(tmp_path / "missing")])
+
+
+# ---- one folder, one run (#15 defect 8) ---------------------------------------------------------------
+END = {"event": "end", "status": "completed", "step": 2}
+EVAL2 = {**EVAL, "step": 2, "samples_seen": {"ct": 8, "mri": 8}, "loss": {"ct": 0.4, "mri": 0.5}}
+TPUT = {"event": "throughput", "step": 2, "samples_per_s": 4.0, "seconds_per_sample": {"ct": 0.25}}
+
+
+def test_identical_duplicate_evals_are_counted_once_with_a_warning_naming_lines_and_step(tmp_path):
+    # Two trainers on one folder, both deterministic: every eval (and the end) written twice.
+    p = _write(tmp_path, [START, EVAL, EVAL, EVAL2, END, TPUT, EVAL2, END])
+    run = read_runlog(p)
+    assert [e.step for e in run.evals] == [1, 2] and run.status == "completed"
+    assert len(run.throughput) == 0  # the throughput after the end is the second writer's, not used
+    dup = [w for w in run.warnings if "repeat an earlier one" in w]
+    assert dup == [
+        f"{p}: 2 'eval' event(s) repeat an earlier one with identical values (two trainers wrote this "
+        "folder, or an evaluation was logged twice), each counted once: step 1 (lines 2, 3), step 2 "
+        "(lines 4, 7)"
+    ]
+    assert any("after the 'completed' end at line 5 (lines 6-8)" in w for w in run.warnings)
+
+
+@pytest.mark.parametrize(
+    "again, what",
+    [
+        ({"loss": {"ct": 0.5, "mri": 0.7}}, r"loss \{'ct': 0.5, 'mri': 0.6\} vs \{'ct': 0.5, 'mri': 0.7\}"),
+        (
+            {"samples_seen": {"ct": 4, "mri": 5}},
+            r"samples_seen \{'ct': 4, 'mri': 4\} vs \{'ct': 4, 'mri': 5\}",
+        ),
+        ({"loss_se": {"ct": 0.01}}, r"loss_se \{\} vs \{'ct': 0.01\}"),
+    ],
+)
+def test_conflicting_duplicate_evals_are_an_error_naming_lines_and_values(tmp_path, again, what):
+    p = _write(tmp_path, [START, EVAL, EVAL2, {**EVAL, **again}])
+    with pytest.raises(
+        RunLogError, match=rf"runlog.jsonl: lines 2 and 4: two 'eval' events at step 1 disagree: {what}"
+    ):
+        read_runlog(p)
+
+
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        (
+            {"mixture": {"ct": 1.0, "mri": 0.0}},
+            "mixture {'ct': 0.5, 'mri': 0.5} at line 1, {'ct': 1.0, 'mri': 0.0} here",
+        ),
+        ({"budget_samples": 200}, "budget_samples 100 at line 1, 200 here"),
+        ({"seed": 7}, "seed 0 at line 1, 7 here"),
+        ({"run_id": "other"}, "run_id 'r' at line 1, 'other' here"),
+    ],
+)
+def test_a_second_start_of_another_run_is_an_error_naming_the_fields(tmp_path, change, named):
+    p = _write(tmp_path, [START, EVAL, {**START, **change}, EVAL2])
+    with pytest.raises(RunLogError) as e:
+        read_runlog(p)
+    assert str(e.value).startswith(f"{p}:3: this 'start' event names another run: {named}")
+    # The same run started again (a resume) is fine.
+    assert len(read_runlog(_write(tmp_path, [START, EVAL, START, EVAL2])).evals) == 2
+
+
+def test_events_after_end(tmp_path):
+    # After 'completed', a new evaluation or a different end means a second run in the folder.
+    with pytest.raises(
+        RunLogError, match=r":4: 'eval' at step 2 after line 3 ended the run 'completed' at step 2"
+    ):
+        read_runlog(_write(tmp_path, [START, EVAL, END, EVAL2]))
+    bad_end = {**END, "status": "failed", "step": 9}
+    with pytest.raises(RunLogError, match=r":4: 'end' with status 'failed' at step 9 after line 3 ended"):
+        read_runlog(_write(tmp_path, [START, EVAL, END, bad_end]))
+    # After 'failed' the run was resumed: its later events count, and its last end decides the status.
+    failed = {**END, "status": "failed", "step": 1}
+    run = read_runlog(_write(tmp_path, [START, EVAL, failed, EVAL2, END]))
+    assert [e.step for e in run.evals] == [1, 2] and run.status == "completed"
+    assert any("events after the 'failed' end at line 3 (resumed run)" in w for w in run.warnings)
+    run = read_runlog(_write(tmp_path, [START, EVAL, failed, EVAL2]))
+    assert run.status == "running"
+
+
+def _torn_log(tmp_path, cut: int):
+    """A real log whose last line lost its final `cut` bytes, as a writer killed mid-write leaves it."""
+    w = RunLogWriter(tmp_path)
+    w.start(run_id="r", domains=["ct"], mixture={"ct": 1}, budget_samples=10, unique_samples={}, seed=0)
+    w.eval(step=1, samples_seen={"ct": 4}, loss={"ct": 0.5})
+    p = tmp_path / "runlog.jsonl"
+    os.truncate(p, p.stat().st_size - cut)
+    return p
+
+
+def test_a_resumed_writer_cuts_a_torn_last_line_before_appending(tmp_path):
+    p = _torn_log(tmp_path, cut=9)
+    size = p.stat().st_size
+    torn = size - len(p.read_bytes().split(b"\n")[0]) - 1
+    with pytest.warns(UserWarning, match=rf"{p}: cut {torn} bytes of a torn last line"):
+        RunLogWriter(tmp_path).eval(step=2, samples_seen={"ct": 8}, loss={"ct": 0.4})
+    run = read_runlog(p)  # no malformed merged line: the strict reader takes the resumed log
+    assert [e.step for e in run.evals] == [2] and not any("truncated" in x for x in run.warnings)
+
+
+def test_a_resumed_writer_keeps_a_complete_last_line_that_lost_only_its_newline(tmp_path):
+    p = _torn_log(tmp_path, cut=1)
+    with pytest.warns(UserWarning, match="had no newline"):
+        RunLogWriter(tmp_path).eval(step=2, samples_seen={"ct": 8}, loss={"ct": 0.4})
+    assert [e.step for e in read_runlog(p).evals] == [1, 2]
+
+
+def test_a_log_merged_by_an_older_writer_is_read_with_a_warning(tmp_path):
+    p = _torn_log(tmp_path, cut=9)
+    with open(p, "a") as f:  # what the writer did before it cut torn tails
+        f.write(json.dumps(EVAL2 | {"samples_seen": {"ct": 8}, "loss": {"ct": 0.4}}) + "\n")
+    with pytest.warns(UserWarning, match=r":2: dropped \d+ bytes of a torn line"):
+        run = read_runlog(p)
+    assert [e.step for e in run.evals] == [2]
+    assert read_state(p).last_eval_step == 2  # the resumer sees the merged event too
