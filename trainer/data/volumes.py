@@ -32,6 +32,14 @@ _THREADS = 8
 _SERIAL_BELOW = 256
 # Bad files listed in one error; the rest are counted.
 _LIST_AT_MOST = 20
+
+
+def listing(problems: list[str], at_most: int = _LIST_AT_MOST) -> str:
+    """The indented lines of an error that lists problems, the first `at_most` of them and a count."""
+    more = f"\n  ... and {len(problems) - at_most} more" if len(problems) > at_most else ""
+    return "\n  " + "\n  ".join(problems[:at_most]) + more
+
+
 _KINDS = {stat.S_IFDIR: "a folder", stat.S_IFIFO: "a named pipe", stat.S_IFSOCK: "a socket"}
 
 
@@ -197,12 +205,9 @@ def check_volumes(manifest: Manifest, records: Iterable[VolumeRecord], *, purpos
         if spec
         else f"python -m trainer.ingest --spec SPEC --out {manifest.root}"
     )
-    more = f"\n  ... and {len(bad) - _LIST_AT_MOST} more" if len(bad) > _LIST_AT_MOST else ""
     raise VolumeError(
         f"{source}: {len(bad)} of the {len(recs)} volumes used for {purpose} are missing, corrupt or do "
-        f"not match their manifest record; re-run the ingest to rebuild them ({fix}):\n  "
-        + "\n  ".join(bad[:_LIST_AT_MOST])
-        + more
+        f"not match their manifest record; re-run the ingest to rebuild them ({fix}):" + listing(bad)
     )
 
 

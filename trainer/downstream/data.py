@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from voxmix.formats.labels import FILENAME, Labels, LabelsError, read_labels
 from voxmix.formats.manifest import Manifest, VolumeRecord, read_manifest
-from voxmix.trainer.data.volumes import VolumeError, check_volume, check_volumes, open_volume
+from voxmix.trainer.data.volumes import VolumeError, check_volume, check_volumes, listing, open_volume
 
 # Bad label maps listed in one error; the rest are counted.
 _LIST_AT_MOST = 10
@@ -117,12 +117,10 @@ def _check_label_maps(labels: Labels, recs: list[VolumeRecord]) -> None:
         except VolumeError as exc:
             bad.append(f"id {rec.id!r}: {exc}")  # "the manifest says": its volume's shape, in uint8
     if bad:
-        more = f"\n  ... and {len(bad) - _LIST_AT_MOST} more" if len(bad) > _LIST_AT_MOST else ""
         raise LabelsError(
             f"{labels.root / FILENAME}: {len(bad)} of the {len(recs)} label maps the downstream tasks read "
-            f"are missing, corrupt or not uint8 of their volume's shape; {labels.rewrite}:\n  "
-            + "\n  ".join(bad[:_LIST_AT_MOST])
-            + more
+            f"are missing, corrupt or not uint8 of their volume's shape; {labels.rewrite}:"
+            + listing(bad, _LIST_AT_MOST)
         )
 
 
