@@ -22,13 +22,20 @@ def _pool(cfg: _Opts, n_jobs: int):
     import multiprocessing as mp
 
     ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
-    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_one_blas_thread)
+    return ProcessPoolExecutor(
+        max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(os.getpid(),)
+    )
 
 
-def _one_blas_thread() -> None:
-    """The fits multiply small matrices (points x parameters): a multi-threaded BLAS in every worker only
-    spins and oversubscribes the cores (measured: 12x slower bootstrap on 2 cores)."""
+def _init_worker(parent: int) -> None:
+    """Die with the parent (a killed `lawfit fit` left its workers asleep on their queue forever), and
+    one BLAS thread: the fits multiply small matrices (points x parameters), and a multi-threaded BLAS in
+    every worker only spins and oversubscribes the cores (measured: 12x slower bootstrap on 2 cores)."""
     from threadpoolctl import threadpool_limits
+
+    from voxmix.formats.workers import die_with_parent
+
+    die_with_parent(parent)
 
     threadpool_limits(1)
 

@@ -49,3 +49,26 @@ def assert_clean_error(p: subprocess.CompletedProcess, *needles: str, code: int 
     assert "Traceback (most recent call last)" not in p.stderr, detail
     for needle in needles:
         assert needle in p.stderr, f"{needle!r} not in stderr\n{detail}"
+
+
+def children(pid: int) -> list[int]:
+    """The pids whose parent is `pid` (Linux: read from /proc)."""
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                stat = Path(f"/proc/{d}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(d))
+    return out
+
+
+def alive(pid: int) -> bool:
+    """Process `pid` exists and is not a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"

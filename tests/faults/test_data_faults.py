@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.faults.faults_helpers import assert_clean_error, cli_env, run_cli
+from tests.faults.faults_helpers import alive, assert_clean_error, children, cli_env, run_cli
 from tests.trainer.data.ingest_helpers import phantom_hu, write_nifti
 from tests.trainer.pretrain.trainer_helpers import make_dataset, write_allocation
 from voxmix.formats.manifest import read_manifest
@@ -125,27 +125,6 @@ def test_ingest_spec_matching_nothing_and_out_naming_a_file_exit_2(tmp_path, cap
         assert f"voxmix: --out {bad}: {spec} is a file, not a folder" in capsys.readouterr().err
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                stat = Path(f"/proc/{d}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                out.append(int(d))
-    return out
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_sigkilled_ingest_leaves_no_worker_running(tmp_path):
     # The workers import torch before their first job: the ingest outlives that, whatever the sources.
@@ -158,15 +137,15 @@ def test_sigkilled_ingest_leaves_no_worker_running(tmp_path):
         workers: list[int] = []
         while len(workers) < 2 and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.05)
-            workers = [c for c in _children(proc.pid) if "resource_tracker" not in Path(
+            workers = [c for c in children(proc.pid) if "resource_tracker" not in Path(
                 f"/proc/{c}/cmdline").read_text(errors="replace")]  # fmt: skip
         assert len(workers) >= 2 and proc.poll() is None, "the ingest ended before its workers were seen"
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         deadline = time.monotonic() + 5
-        while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+        while any(alive(w) for w in workers) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not [w for w in workers if _alive(w)], "ingest workers outlived the killed ingest"
+        assert not [w for w in workers if alive(w)], "ingest workers outlived the killed ingest"
         # Nothing is lost: the rerun finishes the dataset, every volume matching its manifest record.
         p = run_cli([*cmd[1:], "--workers", "1", "--quiet"])
         assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
@@ -178,5 +157,5 @@ def test_sigkilled_ingest_leaves_no_worker_running(tmp_path):
         proc.kill()
         proc.wait()
         for w in workers:
-            if _alive(w):
+            if alive(w):
                 os.kill(w, signal.SIGKILL)

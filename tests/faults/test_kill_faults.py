@@ -1,15 +1,17 @@
 """SIGKILL of `lawfit fit` at an arbitrary moment loses nothing (one of the cases #15 found handled
-well, kept here): the previous laws.json stays byte-identical or is replaced whole by a valid one."""
+well, kept here): the previous laws.json stays byte-identical, and the fit's worker processes die with
+it (they were left asleep on their queue forever)."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from tests.faults.faults_helpers import REPO, cli_env
+from tests.faults.faults_helpers import REPO, alive, children, cli_env
 from tests.lawfit.lawfit_helpers import make_truth
 from voxmix.lawfit.lawsfile import Laws
 from voxmix.lawfit.simulate import default_design, simulate_runs
@@ -36,13 +38,23 @@ def test_sigkill_during_fit_keeps_the_previous_laws_file(tmp_path):
         "--quiet",
     ]
     proc = subprocess.Popen(cmd, cwd=REPO, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    workers: list[int] = []
     try:
         time.sleep(4.0)
         assert proc.poll() is None, "the fit ended before it could be killed: " + proc.stderr.read().decode()
+        workers = children(proc.pid)
+        assert len(workers) >= 2, "the fit's worker processes were not found"
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+        deadline = time.monotonic() + 5
+        while any(alive(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not [w for w in workers if alive(w)], "lawfit workers outlived the killed fit"
     finally:
         proc.kill()
         proc.wait()
+        for w in workers:
+            if alive(w):
+                os.kill(w, signal.SIGKILL)
     assert out.read_bytes() == before
     Laws.load(out)  # still a valid laws file
