@@ -40,9 +40,12 @@ def test_sigkill_during_fit_keeps_the_previous_laws_file(tmp_path):
     proc = subprocess.Popen(cmd, cwd=REPO, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     workers: list[int] = []
     try:
-        time.sleep(4.0)
+        # Killed while its worker pool runs (the fit makes a pool per stage: wait until one is up).
+        deadline = time.monotonic() + 60
+        while len(workers) < 2 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+            workers = children(proc.pid)
         assert proc.poll() is None, "the fit ended before it could be killed: " + proc.stderr.read().decode()
-        workers = children(proc.pid)
         assert len(workers) >= 2, "the fit's worker processes were not found"
         proc.send_signal(signal.SIGKILL)
         proc.wait()
