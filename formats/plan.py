@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .allocation import MAX_SAMPLES
 from .errors import FormatError
 from .io import atomic_write_json, read_json
 
@@ -134,6 +135,13 @@ def _parse_run(r: Any, domains: list[str] | None, where: str) -> PlannedRun:
     budget = r["budget_samples"]
     if isinstance(budget, bool) or not isinstance(budget, int) or budget <= 0:
         raise PlanError(f"{where}: field 'budget_samples': expected a positive integer, got {budget!r}")
+    if budget > MAX_SAMPLES:
+        # Each planned run trains on an allocation of its budget: refused here, before the sweep starts
+        # anything, rather than by the trainer of that run (or by numpy deep inside it).
+        raise PlanError(
+            f"{where}: field 'budget_samples' {budget} exceeds the maximum of {MAX_SAMPLES} samples an "
+            "allocation may hold (voxmix.formats.allocation.MAX_SAMPLES); plan smaller runs"
+        )
     ev = r["eval_at"]
     ints = isinstance(ev, list) and all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in ev)
     if not ints or ev != sorted(set(ev)):

@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from voxmix.formats.allocation import MAX_SAMPLES
 from voxmix.formats.plan import PlanError, parse_plan, read_plan, write_plan
 
 PLAN = {
@@ -150,3 +151,22 @@ def test_a_nan_weight_in_the_file_is_named(tmp_path):
     assert "NaN" in path.read_text()
     with pytest.raises(PlanError, match=rf"^{path}: runs\[1\] \('pair-ct\+mri'\): field 'mixture.ct'.* nan"):
         read_plan(path)
+
+
+def test_a_budget_beyond_what_an_allocation_may_hold_is_named(tmp_path):
+    # each planned run trains on an allocation of its budget: beyond MAX_SAMPLES the trainer would refuse
+    # it only at launch (or numpy would fail deep inside it), so the plan's reader refuses it by name
+    at_max = parse_plan(_plan(global_batch=None, run1_budget_samples=MAX_SAMPLES))
+    assert at_max.runs[1].budget_samples == MAX_SAMPLES
+    path = tmp_path / "plan.json"
+    for budget in (MAX_SAMPLES + 1, 10**19):
+        path.write_text(json.dumps(_plan(global_batch=None, run1_budget_samples=budget)))
+        with pytest.raises(
+            PlanError,
+            match=rf"^{path}: runs\[1\] \('pair-ct\+mri'\): field 'budget_samples' {budget} exceeds the "
+            rf"maximum of {MAX_SAMPLES} samples an allocation may hold",
+        ):
+            read_plan(path)
+    with pytest.raises(PlanError, match="exceeds the maximum"):
+        write_plan(tmp_path / "out.json", _plan(global_batch=None, run1_budget_samples=MAX_SAMPLES + 1))
+    assert not (tmp_path / "out.json").exists()

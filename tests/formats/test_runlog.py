@@ -263,3 +263,36 @@ def test_a_log_merged_by_an_older_writer_is_read_with_a_warning(tmp_path):
         run = read_runlog(p)
     assert [e.step for e in run.evals] == [2]
     assert read_state(p).last_eval_step == 2  # the resumer sees the merged event too
+
+
+# ---- the readers live in runlog_read.py, imported through runlog.py -----------------------------------
+def test_read_state_gives_the_first_start_event_as_written(tmp_path):
+    # --resume compares the run's settings with the first `start` (a resumed run logs another one)
+    first = START | {"config": {"optim": {"lr": 0.001}}, "data_digest": "ab" * 32, "budget_samples": 96.0}
+    torn = json.dumps(START | {"seed": 5})[:30]  # a killed writer's torn line, merged by an older writer
+    p = _write(tmp_path, [first, EVAL | {"step": "x"}, torn + json.dumps(START | {"seed": 1}), EVAL2])
+    st = read_state(p)
+    assert st.start == first and st.budget_samples == 96 and st.last_eval_step == 2
+    assert read_state(tmp_path / "new").start is None
+    # lenient: a non-integer step or budget is ignored, not a crash
+    p.write_text(
+        json.dumps(START | {"budget_samples": "lots"}) + "\n" + json.dumps(EVAL | {"step": None}) + "\n"
+    )
+    st = read_state(p)
+    assert st.start["budget_samples"] == "lots" and st.budget_samples is None and st.last_eval_step == -1
+
+
+def test_the_reader_module_imports_first_or_second():
+    # runlog_read imports runlog's definitions and runlog hands out runlog_read's readers: whichever module
+    # a program imports first, both work (a fresh interpreter each, as a program starts)
+    import subprocess
+    import sys
+
+    for first in ("runlog_read", "runlog"):
+        code = (
+            f"import voxmix.formats.{first}\n"
+            "from voxmix.formats.runlog import find_runlogs, read_runlog, read_state\n"
+            "from voxmix.formats import runlog_read\n"
+            "assert read_runlog is runlog_read.read_runlog and read_state is runlog_read.read_state\n"
+        )
+        subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

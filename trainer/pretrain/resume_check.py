@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from voxmix.formats.runlog import FILENAME as RUNLOG
+from voxmix.formats.runlog import read_state
 
 ALLOWED_CHANGES: dict[str, str] = {
     "train.log_every": "how often a throughput event is logged; the training math never reads it",
@@ -82,24 +83,16 @@ def data_digest(manifest: Any, alloc: Any) -> str:
 
 
 def recorded_start(out: Path) -> dict[str, Any]:
-    """The first `start` event of `<out>/runlog.jsonl`, read leniently (a torn line is skipped, as the
-    run log's own resume reader does); ResumeMismatch when there is none."""
+    """The first `start` event of `<out>/runlog.jsonl` as written (`read_state`: a torn line is skipped,
+    one merged by an older writer recovered); ResumeMismatch when there is none with a config."""
     path = Path(out) / RUNLOG
-    try:
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    except FileNotFoundError:
-        lines = []
-    for line in lines:
-        try:
-            ev = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(ev, dict) and ev.get("event") == "start" and isinstance(ev.get("config"), dict):
-            return ev
-    raise ResumeMismatch(
-        f"--resume: {path} has no 'start' event with the run's config, so there is no record of how the "
-        "run started to check the settings against; start a new run in another --out"
-    )
+    start = read_state(path).start
+    if start is None or not isinstance(start.get("config"), dict):
+        raise ResumeMismatch(
+            f"--resume: {path} has no 'start' event with the run's config, so there is no record of how the "
+            "run started to check the settings against; start a new run in another --out"
+        )
+    return start
 
 
 def _plain(value: Any) -> Any:
