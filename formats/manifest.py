@@ -23,6 +23,9 @@ FILENAME = "manifest.jsonl"
 MODALITIES = ("CT", "MRI", "PET")
 SPLITS = ("train", "val")
 DTYPES = ("float16", "float32")
+_OPTIONAL = ("subject", "origin", "direction")
+# Tolerance on the unit length of a direction column: the manifest stores 6 decimals.
+_UNIT_TOL = 1e-4
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -45,16 +48,41 @@ class VolumeRecord:
     sha256: str
     """Checksum of the source bytes (all files of a series, in sorted order); ingest resumes by it."""
     split: str
-    """`train` or `val`, decided by a hash of the id so that it never changes between ingests."""
+    """`train` or `val`, decided by a hash of the subject (else of `sha256`), so that it never changes
+    between ingests and all volumes of one subject share it."""
     dtype: str = "float16"
     stats: dict[str, float] = field(default_factory=dict)
     """Intensity statistics of the written array (min, max, mean, std, p01, p99) and of the source."""
+    subject: str | None = None
+    """Who the volume shows (nnssl subject, nnU-Net case, or the spec's `subject` pattern); None: unknown."""
+    origin: tuple[float, float, float] | None = None
+    """RAS+ world position (mm) of the centre of voxel (0, 0, 0) of the `.npy`; None: not recorded."""
+    direction: tuple[tuple[float, float, float], ...] | None = None
+    """3x3, `direction[r][c]`: RAS+ component r of the unit vector along array axis c (ITK's convention)."""
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
         out["shape"] = list(self.shape)
         out["spacing"] = list(self.spacing)
+        # Optional fields are left out when unknown: a manifest without them keeps its bytes.
+        for key in _OPTIONAL:
+            if out[key] is None:
+                del out[key]
+        if self.origin is not None:
+            out["origin"] = list(self.origin)
+        if self.direction is not None:
+            out["direction"] = [list(row) for row in self.direction]
         return out
+
+    @property
+    def affine(self) -> list[list[float]] | None:
+        """4x4 voxel index (i, j, k) of the `.npy` -> RAS+ world mm (as nibabel's `img.affine`), or None."""
+        if self.origin is None or self.direction is None:
+            return None
+        rows = [
+            [self.direction[r][c] * self.spacing[c] for c in range(3)] + [self.origin[r]] for r in range(3)
+        ]
+        return rows + [[0.0, 0.0, 0.0, 1.0]]
 
     @property
     def voxels(self) -> int:
@@ -149,6 +177,10 @@ def _parse_record(obj: Any, where: str) -> VolumeRecord:
     stats = obj.get("stats", {})
     if not isinstance(stats, dict):
         raise _fail(where, f"field 'stats' must be an object, got {stats!r}")
+    subject = obj.get("subject")
+    if subject is not None and (not isinstance(subject, str) or not subject):
+        raise _fail(where, f"field 'subject' must be a non-empty string, got {subject!r}")
+    origin, direction = _geometry(obj, where)
     return VolumeRecord(
         id=obj["id"],
         domain=obj["domain"],
@@ -161,6 +193,44 @@ def _parse_record(obj: Any, where: str) -> VolumeRecord:
         split=obj["split"],
         dtype=dtype,
         stats=stats,
+        subject=subject,
+        origin=origin,
+        direction=direction,
+    )
+
+
+def record_from_json(obj: Any, where: str = "record") -> VolumeRecord:
+    """A checked record from its JSON object (`VolumeRecord.to_json`); ManifestError names `where`."""
+    return _parse_record(obj, where)
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _geometry(obj: dict, where: str) -> tuple[Any, Any]:
+    """(origin, direction) as tuples, or (None, None) for a record written without them."""
+    origin, direction = obj.get("origin"), obj.get("direction")
+    if origin is None and direction is None:
+        return None, None
+    if origin is None or direction is None:
+        missing = "origin" if origin is None else "direction"
+        raise _fail(where, f"field {missing!r} is missing: 'origin' and 'direction' come together")
+    if not isinstance(origin, list) or len(origin) != 3 or not all(_number(v) for v in origin):
+        raise _fail(where, f"field 'origin' must be three finite numbers, got {origin!r}")
+    ok = isinstance(direction, list) and len(direction) == 3
+    ok = ok and all(isinstance(r, list) and len(r) == 3 and all(_number(v) for v in r) for r in direction)
+    if ok:
+        norms = [math.sqrt(sum(direction[r][c] ** 2 for r in range(3))) for c in range(3)]
+        ok = all(abs(n - 1) <= _UNIT_TOL for n in norms)
+    if not ok:
+        raise _fail(
+            where,
+            f"field 'direction' must be a 3x3 list of lists with unit-length columns, got {direction!r}",
+        )
+    return (
+        (float(origin[0]), float(origin[1]), float(origin[2])),
+        tuple((float(r[0]), float(r[1]), float(r[2])) for r in direction),
     )
 
 

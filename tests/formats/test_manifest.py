@@ -1,5 +1,7 @@
+import dataclasses
 import json
 
+import numpy as np
 import pytest
 
 from tests.trainer.data.data_helpers import manifest_with, record
@@ -25,6 +27,34 @@ def test_roundtrip_and_select(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
+_EYE = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
+
+
+def test_subject_and_affine_roundtrip_and_old_records_still_read(tmp_path):
+    c, s = np.cos(0.3), np.sin(0.3)
+    direction = ((c, -s, 0.0), (s, c, 0.0), (0.0, 0.0, -1.0))
+    rec = dataclasses.replace(
+        record("ct", 0),
+        spacing=(0.5, 0.75, 2.0),
+        subject="ds/sub-01",
+        origin=(1.0, -2.0, 3.5),
+        direction=direction,
+    )
+    old = record("ct", 1)
+    write_manifest(tmp_path / "manifest.jsonl", [rec, old])
+    m = read_manifest(tmp_path)
+    assert m["ct-0000"] == rec and m["ct-0001"] == old
+    # The affine as nibabel builds one: rotation-zoom = direction scaled by the spacing per column.
+    want = np.eye(4)
+    want[:3, :3] = np.array(direction) @ np.diag(rec.spacing)
+    want[:3, 3] = rec.origin
+    np.testing.assert_allclose(m["ct-0000"].affine, want)
+    # Unknown geometry and subject are left out, so a manifest written before they existed keeps its
+    # bytes, and its records read back with None.
+    assert not {"subject", "origin", "direction"} & set(old.to_json())
+    assert m["ct-0001"].affine is None and m["ct-0001"].subject is None
+
+
 def _write_lines(path, lines):
     path.write_text("\n".join(json.dumps(x) if not isinstance(x, str) else x for x in lines) + "\n")
 
@@ -41,6 +71,15 @@ def _write_lines(path, lines):
         (lambda r: r.update(path="../escape.npy"), "field 'path'"),
         (lambda r: r.update(path="/abs.npy"), "field 'path'"),
         (lambda r: r.update(dtype="int8"), "field 'dtype'"),
+        (lambda r: r.update(subject=""), "field 'subject'"),
+        (lambda r: r.update(origin=[0, 0, 0]), "field 'direction' is missing"),
+        (lambda r: r.update(direction=_EYE), "field 'origin' is missing"),
+        (lambda r: r.update(origin=[0, 0], direction=_EYE), "field 'origin'"),
+        (
+            lambda r: r.update(origin=[0, 0, 0], direction=[[2, 0, 0], [0, 1, 0], [0, 0, 1]]),
+            "field 'direction'",
+        ),
+        (lambda r: r.update(origin=[0, 0, 0], direction=[[1, 0], [0, 1]]), "field 'direction'"),
     ],
 )
 def test_bad_record_names_line_and_field(tmp_path, mutate, expect):

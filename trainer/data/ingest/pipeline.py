@@ -6,6 +6,10 @@ missing or corrupt `.npy` is rebuilt, with a warning naming it. The manifest is 
 every `CHECKPOINT_EVERY` results, so a crash loses at most that much work. Failures never stop the
 others; they are listed in `failures.jsonl` (rewritten by every run, so it lists exactly the current
 run's failures).
+
+Splits are by subject when one is known (sources.py), so that no subject is in both train and val;
+each record carries the RAS+ affine of its `.npy` (origin, direction, spacing) so that outputs can be
+mapped back to patient space.
 """
 
 from __future__ import annotations
@@ -27,12 +31,20 @@ from typing import Any
 import numpy as np
 
 from voxmix.formats.io import atomic_write_text, temp_file_beside
-from voxmix.formats.manifest import FILENAME, ManifestError, VolumeRecord, read_manifest, write_manifest
+from voxmix.formats.manifest import (
+    FILENAME,
+    ManifestError,
+    VolumeRecord,
+    read_manifest,
+    record_from_json,
+    write_manifest,
+)
 
 from ..volumes import VolumeError, make_output_folder, open_volume
 from .preprocess import preprocess
-from .readers import IngestFailure, Item, checksum, discover, read_item
-from .spec import DomainSpec, Spec, SpecError
+from .readers import IngestFailure, Item, Volume, checksum, read_item
+from .sources import source_jobs
+from .spec import DomainSpec, Spec
 from .workers import make_pool
 
 FAILURES = "failures.jsonl"
@@ -62,6 +74,40 @@ def split_of(sha: str, val_fraction: float) -> str:
     return "val" if int(sha[:8], 16) / 2**32 < val_fraction else "train"
 
 
+def split_key(sha: str, subject: str | None) -> str:
+    """What the split hashes: the subject's SHA-256 when known (all its volumes go together, in every
+    domain with the same val_fraction), else the source checksum (the behaviour before subjects)."""
+    return hashlib.sha256(subject.encode()).hexdigest() if subject else sha
+
+
+def output_geometry(
+    affine, spacing_in, spacing_out, box_start
+) -> tuple[tuple[float, float, float], tuple[tuple[float, float, float], ...]]:
+    """(origin, direction) in RAS+ mm of the written array, from the reader's affine of its (canonical)
+    data, the spacing before and after resampling and the crop's start in the resampled grid.
+
+    preprocess.resample keeps the extent (n voxels of s mm -> m voxels of n*s/m mm) and samples with
+    `align_corners=False`: output voxel i lies at input coordinate (i + 0.5) * f - 0.5, f = n/m =
+    spacing_out / spacing_in; so the output grid is the input's scaled by f and shifted by (f - 1) / 2,
+    then shifted by the crop's start."""
+    a = np.asarray(affine, dtype=np.float64)
+    f = np.asarray(spacing_out, dtype=np.float64) / np.asarray(spacing_in, dtype=np.float64)
+    lin = a[:3, :3] * f[None, :]
+    origin = a[:3, 3] + a[:3, :3] @ (0.5 * f - 0.5) + lin @ np.asarray(box_start, dtype=np.float64)
+    direction = lin / np.linalg.norm(lin, axis=0, keepdims=True)
+    return (
+        tuple(round(float(v), 6) for v in origin),  # type: ignore[return-value]
+        tuple(tuple(round(float(v), 6) for v in row) for row in direction),
+    )
+
+
+def _reader_affine(vol: Volume):
+    """The 4x4 RAS+ affine of `vol.data` (after the readers' reorientation) as the reader gives it, as
+    `Volume.affine` or `Volume.meta["affine"]`; None when the reader gives none."""
+    a = getattr(vol, "affine", None)
+    return a if a is not None else vol.meta.get("affine")
+
+
 def save_npy_atomic(path: Path, arr: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = temp_file_beside(path)  # the umask's mode, not mkstemp's 0600
@@ -85,10 +131,12 @@ def _classify(exc: BaseException) -> str:
     return "unreadable"
 
 
-def process(item: Item, spec: DomainSpec, out: str, previous: dict | None) -> dict:
+def process(
+    item: Item, spec: DomainSpec, out: str, previous: dict | None, subject: str | None = None
+) -> dict:
     """Worker: one source -> {"record": ...} or {"skipped": record} or {"failure": ...}, plus its domain
     and source. Never raises."""
-    return {**_process(item, spec, out, previous), "domain": spec.name, "source": item.source}
+    return {**_process(item, spec, out, previous, subject), "domain": spec.name, "source": item.source}
 
 
 # Tolerance of the statistics check: the manifest stores them rounded to 6 decimals.
@@ -121,7 +169,16 @@ def output_problem(path: Path, previous: dict) -> str | None:
     return None
 
 
-def _process(item: Item, spec: DomainSpec, out: str, previous: dict | None) -> dict:
+def _with_subject(obj: dict, subject: str | None, spec: DomainSpec) -> dict:
+    """A previous record with the current spec's subject and split (the split rule may have changed)."""
+    obj = {k: v for k, v in obj.items() if k != "subject"}
+    if subject:
+        obj["subject"] = subject
+    obj["split"] = split_of(split_key(obj["sha256"], subject), spec.val_fraction)
+    return obj
+
+
+def _process(item: Item, spec: DomainSpec, out: str, previous: dict | None, subject: str | None) -> dict:
     t0 = time.perf_counter()
     rebuilt: dict = {}
     try:
@@ -129,10 +186,15 @@ def _process(item: Item, spec: DomainSpec, out: str, previous: dict | None) -> d
         if previous and previous["sha256"] == sha:
             problem = output_problem(Path(out) / previous["path"], previous)
             if problem is None:
-                return {"skipped": previous}
+                return {"skipped": _with_subject(previous, subject, spec)}
             rebuilt = {"rebuilt": [previous["path"], problem]}
         vol = read_item(item)
-        arr, spacing, stats = preprocess(vol, spec)
+        origin = direction = None
+        # The written array's geometry: the reader's affine, the resampling and the crop box.
+        arr, spacing, stats, box = preprocess(vol, spec, return_box=True)
+        affine = _reader_affine(vol)
+        if affine is not None:
+            origin, direction = output_geometry(affine, vol.spacing, spacing, [b.start for b in box])
         rid = record_id(spec.name, item.source)
         rel = f"{spec.name}/{rid}.npy"
         save_npy_atomic(Path(out) / rel, arr)
@@ -145,9 +207,12 @@ def _process(item: Item, spec: DomainSpec, out: str, previous: dict | None) -> d
             spacing=tuple(round(float(s), 6) for s in spacing),
             source=item.source,
             sha256=sha,
-            split=split_of(sha, spec.val_fraction),
+            split=split_of(split_key(sha, subject), spec.val_fraction),
             dtype=spec.dtype,
             stats={k: (round(v, 6) if isinstance(v, float) else v) for k, v in stats.items()},
+            subject=subject or None,
+            origin=origin,
+            direction=direction,
         )
         return {"record": rec.to_json(), "seconds": time.perf_counter() - t0, **rebuilt}
     except IngestFailure as exc:
@@ -166,26 +231,30 @@ def _process(item: Item, spec: DomainSpec, out: str, previous: dict | None) -> d
 
 
 def _record(obj: dict) -> VolumeRecord:
-    obj = dict(obj)
-    obj["shape"] = tuple(obj["shape"])
-    obj["spacing"] = tuple(obj["spacing"])
-    return VolumeRecord(**obj)
+    return record_from_json(obj)
+
+
+def _unit(r: VolumeRecord) -> str:
+    """What moves between splits as one: the subject's volumes, or a volume of unknown subject."""
+    return f"subject:{r.subject}" if r.subject else f"id:{r.id}"
 
 
 def _ensure_val(records: list[VolumeRecord], spec: Spec) -> list[VolumeRecord]:
-    """Every domain keeps at least one training volume (the one with the largest checksum), and a domain
-    with >= 2 volumes and val_fraction > 0 gets at least one validation volume (the smallest checksum),
-    so that every domain can be both trained on and evaluated."""
+    """Every domain keeps at least one training volume (the subject, or volume, with the largest
+    checksum), and a domain with >= 2 subjects (volumes of unknown subject count one each) and
+    val_fraction > 0 gets at least one validation subject (the smallest checksum), so that every domain
+    can be both trained on and evaluated. A subject moves with all its volumes of the domain."""
     out = list(records)
     for d in spec.domains:
         mine = [r for r in out if r.domain == d.name]
         if mine and all(r.split == "val" for r in mine):
-            pick = max(mine, key=lambda r: r.sha256)
-            out = [_with_split(r, "train") if r is pick else r for r in out]
+            unit = _unit(max(mine, key=lambda r: r.sha256))
+            out = [_with_split(r, "train") if r.domain == d.name and _unit(r) == unit else r for r in out]
             mine = [r for r in out if r.domain == d.name]
-        if d.val_fraction > 0 and len(mine) >= 2 and not any(r.split == "val" for r in mine):
-            pick = min(mine, key=lambda r: r.sha256)
-            out = [_with_split(r, "val") if r is pick else r for r in out]
+        units = {_unit(r) for r in mine}
+        if d.val_fraction > 0 and len(units) >= 2 and not any(r.split == "val" for r in mine):
+            unit = _unit(min(mine, key=lambda r: r.sha256))
+            out = [_with_split(r, "val") if r.domain == d.name and _unit(r) == unit else r for r in out]
     return out
 
 
@@ -208,46 +277,6 @@ def _previous_records(out: Path) -> dict[tuple[str, str], dict]:
                 file=sys.stderr,
             )
     return previous
-
-
-def _jobs(spec: Spec) -> list[tuple[Item, DomainSpec]]:
-    """Every source of every domain, once per domain, in spec and discovery order.
-
-    A domain whose sources match nothing is a SpecError (exit 2), even when other domains match: it is
-    found before any work, and a domain silently missing from the manifest would only surface at
-    training. A single source matching nothing in a domain that has others is a warning."""
-    jobs: list[tuple[Item, DomainSpec]] = []
-    empty: list[str] = []
-    for d in spec.domains:
-        seen: set[str] = set()
-        unmatched: list[str] = []
-        for pattern in d.sources:
-            items = discover(pattern, spec.base)
-            if not items:
-                unmatched.append(pattern)
-            for item in items:
-                if item.source not in seen:
-                    seen.add(item.source)
-                    jobs.append((item, d))
-        looked = ", ".join(f"{p!r} (looked for {_resolved(p, spec)})" for p in unmatched)
-        if not seen:
-            empty.append(f"domain {d.name!r}: field 'sources' matched no volume: {looked}")
-        elif unmatched:
-            print(
-                f"warning: {spec.path}: domain {d.name!r}: source {looked} matched no volume", file=sys.stderr
-            )
-    if empty:
-        raise SpecError(
-            f"{spec.path}: "
-            + "; ".join(empty)
-            + ". Fix the glob or folder (relative sources are relative to the spec's folder), or remove "
-            "the domain"
-        )
-    return jobs
-
-
-def _resolved(pattern: str, spec: Spec) -> str:
-    return pattern if os.path.isabs(pattern) else str(spec.base / pattern)
 
 
 @dataclass(kw_only=True)
@@ -319,14 +348,14 @@ def _write_failures(out: Path, failures: list[dict]) -> None:
 def ingest(spec: Spec, out: str | os.PathLike, *, workers: int = 1, progress: bool = True) -> Result:
     """Raises SpecError when a domain's sources match nothing and OutputFolderError for a bad `out`, both
     before any work."""
-    jobs = _jobs(spec)
+    jobs = source_jobs(spec)
     out = make_output_folder(out)
     previous = _previous_records(out)
     # Records of the previous manifest not handled yet stay in intermediate checkpoints, so that a crash
     # in the middle of a resumed run does not make the next run redo them.
     unhandled = {
-        (d.name, item.source): previous[(d.name, item.source)]
-        for item, d in jobs
+        (d.name, item.source): _with_subject(previous[(d.name, item.source)], subject, d)
+        for item, d, subject in jobs
         if (d.name, item.source) in previous
     }
     collector = _Collector(
@@ -336,7 +365,7 @@ def ingest(spec: Spec, out: str | os.PathLike, *, workers: int = 1, progress: bo
         unhandled=unhandled,
         bar=_progress_bar(len(jobs)) if progress else None,
     )
-    args = [(item, d, str(out), previous.get((d.name, item.source))) for item, d in jobs]
+    args = [(item, d, str(out), previous.get((d.name, item.source)), subject) for item, d, subject in jobs]
     _run_jobs(args, workers, collector.handle)
     if collector.bar is not None:
         collector.bar.close()

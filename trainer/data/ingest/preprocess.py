@@ -98,8 +98,10 @@ def foreground_box(fg: np.ndarray, margin: int) -> tuple[slice, slice, slice]:
     return tuple(box)  # type: ignore[return-value]
 
 
-def preprocess(vol: Volume, spec: DomainSpec) -> tuple[np.ndarray, tuple[float, float, float], dict]:
-    """Checked, resampled, normalized, cropped array in `spec.dtype`; its spacing; statistics."""
+def preprocess(vol: Volume, spec: DomainSpec, *, return_box: bool = False) -> tuple:
+    """Checked, resampled, normalized, cropped array in `spec.dtype`; its spacing; statistics; with
+    `return_box`, also the crop box (slices of the resampled grid), from which ingest derives the
+    written array's affine."""
     data = vol.data
     if data.ndim != 3:
         raise IngestFailure("not_3d", f"expected a 3D volume, got shape {data.shape}")
@@ -128,4 +130,4 @@ def preprocess(vol: Volume, spec: DomainSpec) -> tuple[np.ndarray, tuple[float, 
         )
     stats = {**_stats(out), "fg_fraction": float(fg[box].mean()), "suv": used_suv}
     stats.update({f"source_{k}": v for k, v in src.items() if k in ("min", "max", "mean", "std")})
-    return out, spacing, stats
+    return (out, spacing, stats, box) if return_box else (out, spacing, stats)

@@ -1,14 +1,19 @@
-"""The ingest spec (YAML): which files make which domain, and how to preprocess them.
+r"""The ingest spec (YAML): which files make which domain, and how to preprocess them.
 
     defaults: {spacing: [1.5, 1.5, 1.5], val_fraction: 0.1}
     domains:
       ct_abdomen:
         modality: CT
-        sources: ["msd/Task03_Liver/imagesTr/*.nii.gz", "hospital/ct_abdomen/"]
+        sources: ["msd/Task03_Liver/imagesTr/*.nii.gz", "hospital/ct_abdomen/",
+                  {nnunet: nnUNet_raw/Dataset003_Liver, channel: 0}]
         window: [-1000, 1000]
+        subject: 'liver_(?P<subject>\d+)'
+      mri_brain:
+        modality: MRI
+        sources: [{nnssl: openmind/pretrain_data.json, modalities: [T1w]}]
 
 Relative sources are relative to the spec file's folder. Every field is validated here and a bad one
-names the domain and field (the CLI exits 2).
+names the domain and field (the CLI exits 2). The dataset files themselves are read by sources.py.
 """
 
 from __future__ import annotations
@@ -31,14 +36,67 @@ class SpecError(ValueError):
     """A bad spec; the message names the file, domain and field."""
 
 
+DATASET_KINDS = {"nnunet": ("channel",), "nnssl": ("modalities", "datasets")}
+
+
+@dataclass(frozen=True, kw_only=True)
+class DatasetSource:
+    """A `sources` entry naming a dataset file instead of a glob (read by sources.py)."""
+
+    kind: str
+    """`nnunet` (nnU-Net v2 dataset folder or its dataset.json) or `nnssl` (a pretrain_data.json)."""
+    path: str
+    """As written in the spec (relative to the spec's folder)."""
+    channel: int | str | None = None
+    """nnunet: channel index or name from `channel_names`; None: the only channel."""
+    modalities: tuple[str, ...] | None = None
+    """nnssl: keep only images whose `modality` is one of these; None: all."""
+    datasets: tuple[str, ...] | None = None
+    """nnssl: keep only these datasets (keys of `datasets`); None: all."""
+
+    def __str__(self) -> str:
+        return f"{{{self.kind}: {self.path}}}"
+
+
+def _dataset_source(where: str, entry: dict) -> DatasetSource:
+    kinds = [k for k in DATASET_KINDS if k in entry]
+    if len(kinds) != 1:
+        raise SpecError(
+            f"{where}: a mapping needs exactly one of {sorted(DATASET_KINDS)} "
+            f"(e.g. {{nnunet: nnUNet_raw/Dataset001_X, channel: 0}}), got keys {sorted(entry)}"
+        )
+    kind = kinds[0]
+    unknown = set(entry) - {kind, *DATASET_KINDS[kind]}
+    if unknown:
+        raise SpecError(f"{where}: unknown key(s) {sorted(unknown)} for a {kind} source")
+    path = entry[kind]
+    if not isinstance(path, str) or not path:
+        raise SpecError(f"{where}: {kind!r} must be a path, got {path!r}")
+    channel = entry.get("channel")
+    if channel is not None and (isinstance(channel, bool) or not isinstance(channel, (int, str))):
+        raise SpecError(f"{where}: 'channel' must be a channel index or name, got {channel!r}")
+    lists = {}
+    for key in ("modalities", "datasets"):
+        v = entry.get(key)
+        if isinstance(v, (str, int)) and not isinstance(v, bool):
+            v = [v]
+        if v is not None and (
+            not isinstance(v, list) or not v or not all(isinstance(x, (str, int)) for x in v)
+        ):
+            raise SpecError(f"{where}: {key!r} must be a non-empty list of names, got {v!r}")
+        lists[key] = None if v is None else tuple(str(x) for x in v)
+    return DatasetSource(kind=kind, path=path, channel=channel, **lists)
+
+
 @dataclass(kw_only=True)
 class DomainSpec:
     name: str
     """Domain name used in the manifest and the allocation (letters, digits, `_ . -`)."""
     modality: str
     """CT, MRI or PET: chooses the intensity normalization."""
-    sources: list[str]
-    """Globs (`**` recurses), files, or folders (searched recursively; DICOM grouped by series)."""
+    sources: list[str | DatasetSource]
+    """Globs (`**` recurses), files, or folders (searched recursively; DICOM grouped by series), or
+    dataset files: `{nnunet: FOLDER, channel: 0}` (nnU-Net v2 dataset.json), `{nnssl: FILE}`."""
     spacing: tuple[float, float, float] = (1.5, 1.5, 1.5)
     """Target voxel size in mm (RAS axes); `null` keeps each volume's own spacing."""
     window: tuple[float, float] = (-1000.0, 1000.0)
@@ -48,7 +106,11 @@ class DomainSpec:
     suv_max: float = 10.0
     """PET with SUV metadata: SUV in [0, suv_max] mapped to [0, 1]."""
     val_fraction: float = 0.1
-    """Share of volumes in the validation split (by hash of the source checksum)."""
+    """Share of volumes in the validation split (by hash of the subject, else of the source checksum)."""
+    subject: str | None = None
+    """Regular expression searched in each source's name (as the manifest writes it); its group
+    `subject` (else group 1, else the whole match) is the volume's subject, which overrides a dataset
+    file's. Volumes of one subject share a split. None: the dataset file's subject, if any."""
     min_size: int = 16
     """Smallest allowed extent (voxels) on every axis after resampling and cropping."""
     margin: int = 2
@@ -67,14 +129,23 @@ class DomainSpec:
             raise SpecError(f"{where}: name must be letters, digits, '_', '.', '-'")
         if self.modality not in MODALITIES:
             raise SpecError(f"{where}: field 'modality' must be one of {MODALITIES}, got {self.modality!r}")
-        if isinstance(self.sources, str):
+        if isinstance(self.sources, (str, dict)):
             self.sources = [self.sources]
-        if (
-            not isinstance(self.sources, list)
-            or not self.sources
-            or not all(isinstance(s, str) for s in self.sources)
-        ):
+        if not isinstance(self.sources, list) or not self.sources:
             raise SpecError(f"{where}: field 'sources' must be a non-empty list of globs or folders")
+        out: list[str | DatasetSource] = []
+        for i, s in enumerate(self.sources):
+            if isinstance(s, dict):
+                s = _dataset_source(f"{where}: field 'sources' entry {i}", s)
+            elif not isinstance(s, (str, DatasetSource)):
+                raise SpecError(
+                    f"{where}: field 'sources' entry {i} must be a glob, a folder or "
+                    f"{{nnunet: ...}} / {{nnssl: ...}}, got {s!r}"
+                )
+            out.append(s)
+        self.sources = out
+        if self.subject is not None:
+            _check_subject(where, self.subject)
 
     def _check_intensity(self, where: str) -> None:
         """Check spacing, window, percentiles and suv_max (number lists become float tuples)."""
@@ -102,6 +173,17 @@ class DomainSpec:
                 raise SpecError(f"{where}: field {key!r} must be a non-negative integer, got {v!r}")
         if self.dtype not in ("float16", "float32"):
             raise SpecError(f"{where}: field 'dtype' must be float16 or float32, got {self.dtype!r}")
+
+
+def _check_subject(where: str, pattern: Any) -> None:
+    if not isinstance(pattern, str) or not pattern:
+        raise SpecError(f"{where}: field 'subject' must be a regular expression, got {pattern!r}")
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise SpecError(
+            f"{where}: field 'subject' is not a valid regular expression {pattern!r}: {exc}"
+        ) from None
 
 
 def _floats(where: str, key: str, value: Any, n: int, positive: bool = False) -> tuple[float, ...]:
