@@ -26,6 +26,9 @@ def build_vit(blob: dict, *, pretrained: bool = True) -> ViT:
     if pretrained:
         # strict=True raises on any missing or unexpected key: the whole encoder is ours.
         vit.load_state_dict(blob["state_dict"], strict=True)
+    # A width MONAI's sin-cos cannot build (not a multiple of 6, e.g. `large`) comes as a "learnable"
+    # embedding holding our fixed sin-cos values: kept fixed, as in pretraining.
+    vit.patch_embedding.position_embeddings.requires_grad_(False)
     return vit
 
 

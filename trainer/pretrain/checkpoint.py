@@ -5,11 +5,15 @@ Layout under `<out>/checkpoints/`:
   step_000040/voxmix_rank{r}.pt   per-rank RNG states as tensors and numbers only (torch, CUDA, NumPy,
                           Python, the mask generator), read back with `weights_only=True`
   step_000040/voxmix_files.json   size and sha256 of every file of the tag, written after all ranks finished
-  latest.json             {"tag", "step", ...}: written last, atomically (temp + rename)
+  latest.json             {"tag", "step", ...}: written after every rank saved, atomically (temp + rename)
+  latest                  DeepSpeed's pointer (the tag as text), for DeepSpeed's tools (zero_to_fp32.py)
+  zero_to_fp32.py         copied here by DeepSpeed at each save
 
 `latest.json` only ever names a tag whose files are all on disk (it is replaced after a barrier that
 follows every rank's save), so a kill mid-save leaves the previous checkpoint as the last good one.
-DeepSpeed's own `latest` file is not used: it is written in place, not atomically. Before anything of a
+DeepSpeed's `latest` is written by us, not by DeepSpeed (which writes it in place, not atomically, and
+before the other ranks finished): atomically, after latest.json, naming the same tag. voxmix reads only
+latest.json, and both files live outside the tag folders whose file lists are checked. Before anything of a
 tag is loaded, `checkpoint_files.verify` checks the tag name, the file list, every sha256 and every pickle
 (restricted unpickler): see that module for what is trusted.
 
@@ -29,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from voxmix.formats.io import atomic_write_bytes, atomic_write_json
+from voxmix.formats.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from voxmix.trainer.pretrain import checkpoint_files
 from voxmix.trainer.pretrain.checkpoint_files import FILES, LATEST, CheckpointError
 from voxmix.trainer.pretrain.state import TrainState, every
@@ -38,6 +42,8 @@ __all__ = ["DIRNAME", "FILES", "LATEST", "CheckpointError", "CheckpointManager"]
 
 DIRNAME = "checkpoints"
 """A run's checkpoints live in <run>/checkpoints/: the trainer writes there, the sweep looks there."""
+DS_LATEST = "latest"
+"""DeepSpeed's pointer file (the tag as text), beside latest.json."""
 
 
 def tag_for(step: int) -> str:
@@ -128,6 +134,9 @@ def save(
         atomic_write_json(
             ckpt_dir / LATEST, {"tag": tag, "step": step, "world_size": client_state.get("world_size")}
         )
+        # DeepSpeed's own pointer, for its tools (zero_to_fp32.py reads it); written after latest.json
+        # and atomically, so it too names only a complete tag. voxmix itself never reads it.
+        atomic_write_text(ckpt_dir / DS_LATEST, tag)
         tags = sorted(p for p in ckpt_dir.glob("step_*") if p.is_dir() and p.name != tag)
         for old in tags[: max(0, len(tags) - (keep - 1))]:
             shutil.rmtree(old, ignore_errors=True)

@@ -9,7 +9,7 @@ processor):
   boundary_loss       step.py            the mean loss at a boundary, all-reduced; the NaN guard
   Evaluator           evaluation.py      held-out loss, NaN check, results to the sink
   CheckpointManager   checkpoint.py      save/load/latest, `due(step)`
-  MetricsSink         sink.py            run log and TensorBoard (rank 0), console
+  MetricsSink         sink.py            run log, TensorBoard and W&B (rank 0, tracking.py), console
   ThroughputWindow    metrics.py         samples/s, data wait, TFLOP/s, MFU between two boundaries
 
 Before anything is written or the process group starts, every rank takes its run-folder lock
@@ -23,6 +23,7 @@ import atexit
 import contextlib
 import os
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -30,19 +31,22 @@ from typing import Any
 import numpy as np
 import torch
 
+from voxmix.formats.io import atomic_write_json
 from voxmix.formats.runlog import FILENAME as RUNLOG
+from voxmix.trainer.pretrain.card import write_encoder_files
 from voxmix.trainer.pretrain.checkpoint import DIRNAME as CHECKPOINTS
 from voxmix.trainer.pretrain.checkpoint import CheckpointError, CheckpointManager
 from voxmix.trainer.pretrain.config import Config, eval_schedule
 from voxmix.trainer.pretrain.evaluation import EvalSet, Evaluator
 from voxmix.trainer.pretrain.metrics import ThroughputWindow, peak_tflops
-from voxmix.trainer.pretrain.model import MAE3D, export_encoder, train_flops_per_sample
+from voxmix.trainer.pretrain.model import MAE3D, train_flops_per_sample
 from voxmix.trainer.pretrain.optim import build_optimizer, deepspeed_config
 from voxmix.trainer.pretrain.resume_check import check_resume, data_digest
 from voxmix.trainer.pretrain.runlock import RunFolderBusy, RunFolderLock
-from voxmix.trainer.pretrain.sink import MetricsSink, tensorboard_writer_class
+from voxmix.trainer.pretrain.sink import MetricsSink
 from voxmix.trainer.pretrain.state import Boundary, TrainState
 from voxmix.trainer.pretrain.step import BatchStream, NonFiniteLoss, boundary_loss, train_step
+from voxmix.trainer.pretrain.tracking import WandbOptions, check_trackers
 
 __all__ = ["NonFiniteLoss", "Trainer"]
 
@@ -100,6 +104,7 @@ class Trainer:
     # -----------------------------------------------------------------------------------------------
     def run(self) -> int:
         """Train to the end of the budget: exit status 0, or 1 with the error on stderr (every rank)."""
+        started_at = time.monotonic()  # this attempt's start: the elapsed time of the log lines
         try:
             self._preflight()
             self.setup()
@@ -110,6 +115,8 @@ class Trainer:
                 schedule=self.schedule,
                 log_every=self.cfg.train.log_every,
                 tensorboard=self.cfg.train.tensorboard,
+                wandb=WandbOptions.from_config(self.cfg.train),
+                started_at=started_at,
             )
             self._train(self.sink)
             return 0
@@ -131,7 +138,7 @@ class Trainer:
         if self.resume and sink.completed and state.step >= self.total_steps:
             sink.log("the run had already completed; nothing to do")
             return state.step
-        sink.begin(config=cfg.to_dict(), world_size=self.world, start=self._start_fields())
+        self._begin(sink, state.step)
         sink.log(
             f"{self.run_id}: {self.total_steps} steps x {cfg.data.batch_size * self.world * cfg.optim.grad_accum} "
             f"samples, world {self.world}, {self.device.type}, {self.precision}, evals at {self.eval_at}"
@@ -186,8 +193,25 @@ class Trainer:
             raise ValueError(
                 f"{self.out / RUNLOG} exists: pass --resume to continue that run, or choose another --out"
             )
-        if self.cfg.train.tensorboard:
-            tensorboard_writer_class()  # on every rank: a missing package stops all ranks alike
+        check_trackers(self.cfg.train)  # on every rank: a missing package stops all ranks alike
+
+    def _begin(self, sink: MetricsSink, step: int) -> None:
+        """`sink.begin` on every rank; rank 0 opens the trackers there, and W&B may refuse (not logged in,
+        server unreachable). Every rank learns whether rank 0 started, so that all stop alike instead of
+        the others waiting for it in the first all-reduce of training."""
+        failure: Exception | None = None
+        try:
+            sink.begin(
+                config=self.cfg.to_dict(), world_size=self.world, start=self._start_fields(), step=step
+            )
+        except Exception as err:
+            failure = err
+        flag = torch.tensor([failure is not None], dtype=torch.int32, device=self.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        if failure is not None:
+            raise failure
+        if flag.item():  # CPU-GPU sync, once per run
+            raise ValueError("rank 0 could not start the run (its error is above): nothing was trained")
 
     def _restore(self, sink: MetricsSink) -> TrainState:
         """The state to start from: the last checkpoint's with --resume (engine, RNGs, loader restored)."""
@@ -281,6 +305,8 @@ class Trainer:
         self.schedule = self.sampler.domain_ids()
         opt, sched = build_optimizer(self.model, cfg, self.total_steps)
         ds_cfg = deepspeed_config(cfg, world_size=self.world, bf16=self.bf16)
+        if self.rank == 0:  # the effective config as passed to DeepSpeed (it adds its own defaults)
+            atomic_write_json(self.out / "deepspeed_config.json", ds_cfg)
         self.engine, _, _, _ = deepspeed.initialize(
             model=self.model, optimizer=opt, lr_scheduler=sched, config=ds_cfg
         )
@@ -354,7 +380,8 @@ class Trainer:
         return have
 
     def _export(self) -> None:
-        """encoder.pt in MONAI ViT layout (rank 0); under ZeRO-3 all ranks gather the parameters first."""
+        """encoder.safetensors + encoder.pt (MONAI ViT layout), encoder.json (the card) and MODEL_CARD.md
+        (rank 0); under ZeRO-3 all ranks gather the parameters first."""
         import deepspeed
 
         model = self.engine.module
@@ -365,8 +392,13 @@ class Trainer:
         )
         with gather:
             if self.rank == 0:
-                export_encoder(
+                write_encoder_files(
+                    self.out,
                     model,
-                    self.out / "encoder.pt",
-                    extra={"run_id": self.run_id, "step": int(self.engine.global_steps)},
+                    self.cfg,
+                    self.alloc,
+                    self.manifest,
+                    self.run_id,
+                    int(self.engine.global_steps),
+                    budget=self.budget,
                 )

@@ -1,4 +1,5 @@
-"""3D ViT masked autoencoder (MAE) on voxmix kernels, with export of the encoder to MONAI's ViT.
+"""3D ViT masked autoencoder (MAE) on voxmix kernels, with export of the encoder to MONAI's ViT and the
+loaders that give MONAI's own `ViT` / `UNETR` with it (`load_monai_vit`, `load_unetr`).
 
 Encoder: patch embedding + fixed 3D sin-cos positions (one fused `patch_embed3d`), per-sample random
 masking, pre-norm blocks whose attention is `kernels.attention`, final LayerNorm. Decoder: a narrower
@@ -234,6 +235,16 @@ def train_flops_per_sample(cfg: ModelConfig) -> float:
 # Export to MONAI
 
 
+def monai_pos_embed_type(width: int) -> str:
+    """MONAI's position embedding type that holds our fixed sin-cos values.
+
+    MONAI builds "sincos" only for widths divisible by 6 (3 axes x sin/cos); ours zero-pads the rest
+    (the `large` preset is 1024 wide). Other widths use "learnable", a parameter of the same shape that
+    the loaded weights fill with our sin-cos values; `load_monai_vit` / `load_unetr` freeze it, so that it
+    stays fixed as in pretraining (the card says so)."""
+    return "sincos" if width % 6 == 0 else "learnable"
+
+
 def monai_vit_kwargs(cfg: ModelConfig) -> dict:
     """Arguments of `monai.networks.nets.ViT` that rebuild this encoder."""
     return dict(
@@ -245,7 +256,7 @@ def monai_vit_kwargs(cfg: ModelConfig) -> dict:
         num_layers=cfg.depth,
         num_heads=cfg.heads,
         proj_type="conv",
-        pos_embed_type="sincos",
+        pos_embed_type=monai_pos_embed_type(cfg.width),
         classification=False,
         qkv_bias=True,
         spatial_dims=3,
@@ -292,8 +303,13 @@ def export_encoder(model: MAE3D, path, extra: dict | None = None) -> None:
     write_encoder(path, monai_vit_kwargs(model.cfg), encoder_state_dict_for_monai(model), extra)
 
 
-def load_monai_vit(path):
-    """Rebuild MONAI's ViT from an encoder.pt written by `export_encoder` (strict key match)."""
+def load_monai_vit(path, *, freeze_pos_embed: bool = True):
+    """MONAI's own `ViT` with a voxmix encoder loaded (strict key match).
+
+    `path`: a run folder, its encoder.safetensors or its encoder.pt (`voxmix.formats.encoder.read_encoder`:
+    a folder's weights are checked against its card). `freeze_pos_embed`: keep the position embedding the
+    fixed sin-cos of pretraining even where MONAI holds it as a learnable parameter (`monai_pos_embed_type`).
+    """
     from monai.networks.nets import ViT
 
     from voxmix.formats.encoder import read_encoder
@@ -301,7 +317,58 @@ def load_monai_vit(path):
     blob = read_encoder(path)
     vit = ViT(**blob["monai_vit_kwargs"])
     vit.load_state_dict(blob["state_dict"], strict=True)
+    vit.patch_embedding.position_embeddings.requires_grad_(not freeze_pos_embed)
     return vit
+
+
+# MONAI's UNETR builds its ViT with patch 16 and 12 layers whatever it is given (MONAI 1.6).
+UNETR_PATCH, UNETR_LAYERS = 16, 12
+
+
+def load_unetr(path, out_channels: int, *, freeze_pos_embed: bool = True, **unetr_kwargs):
+    """MONAI's own `UNETR` whose encoder (`.vit`) holds a voxmix encoder's weights (strict key match).
+
+    The encoder's width, MLP, heads and crop are passed to UNETR with `qkv_bias=True`: our attention has a
+    qkv bias and UNETR's default (False) refuses the weights (`Unexpected key(s) ... "blocks.0.attn.qkv.bias"`).
+    UNETR fixes patch 16 and 12 layers, so other encoders (the `tiny` preset: patch 8, 3 layers) raise a
+    ValueError naming the way to segment with them. `unetr_kwargs` (feature_size, norm_name, ...) go to
+    UNETR; the encoder's own arguments cannot be overridden.
+    """
+    from monai.networks.nets import UNETR
+
+    from voxmix.formats.encoder import read_encoder
+
+    blob = read_encoder(path)
+    kw = blob["monai_vit_kwargs"]
+    patch = set(_sizes(kw["patch_size"]))
+    if patch != {UNETR_PATCH} or kw["num_layers"] != UNETR_LAYERS:
+        raise ValueError(
+            f"{path}: MONAI's UNETR needs an encoder with patch {UNETR_PATCH} and {UNETR_LAYERS} layers, this one "
+            f"has patch {kw['patch_size']} and {kw['num_layers']} layers; use load_monai_vit with your own "
+            "decoder, or voxmix.trainer.downstream.models.build_segmenter (UNETR's blocks for any power-of-two "
+            "patch and depth)"
+        )
+    own = dict(
+        in_channels=kw["in_channels"],
+        img_size=kw["img_size"],
+        hidden_size=kw["hidden_size"],
+        mlp_dim=kw["mlp_dim"],
+        num_heads=kw["num_heads"],
+        proj_type=kw.get("proj_type", "conv"),
+        qkv_bias=kw.get("qkv_bias", True),
+        spatial_dims=kw.get("spatial_dims", 3),
+    )
+    clash = sorted(set(own) & set(unetr_kwargs))
+    if clash:
+        raise ValueError(f"load_unetr: {clash} come from the encoder ({path}) and cannot be passed")
+    net = UNETR(out_channels=out_channels, **own, **unetr_kwargs)
+    net.vit.load_state_dict(blob["state_dict"], strict=True)
+    net.vit.patch_embedding.position_embeddings.requires_grad_(not freeze_pos_embed)
+    return net
+
+
+def _sizes(v) -> tuple[int, ...]:
+    return tuple(v) if isinstance(v, (list, tuple)) else (v,)
 
 
 def num_params(model: nn.Module) -> int:

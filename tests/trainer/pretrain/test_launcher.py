@@ -1,16 +1,22 @@
-"""The real DeepSpeed launcher: two CPU processes (gloo), ZeRO-2 (and ZeRO-3), the tiny model, a few steps."""
+"""The real DeepSpeed launcher: two CPU processes (gloo), ZeRO-2 (and ZeRO-3), the tiny model, a few steps;
+DeepSpeed's zero_to_fp32 on the ZeRO-3 checkpoint."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.trainer.pretrain.trainer_helpers import PY, REPO, env
+from voxmix.formats.encoder import read_card, read_encoder, sha256_file
 from voxmix.formats.runlog import read_runlog
+from voxmix.trainer.pretrain.config import ModelConfig
+from voxmix.trainer.pretrain.model import MAE3D, encoder_state_dict_for_monai
 
 
 def _launch(manifest, alloc, out: Path, stage: int) -> str:
@@ -56,3 +62,35 @@ def test_deepspeed_launcher_two_processes_zero2(dataset, tmp_path):
     for a, b in zip(log3.evals, log.evals):
         for d in b.loss:
             assert a.loss[d] == pytest.approx(b.loss[d], rel=1e-4)
+    _zero_to_fp32_gives_the_exported_weights(out3, log3.config["model"], tmp_path / "fp32.pt")
+    # the shareable encoder (ZeRO-3: gathered from both ranks): safetensors + the card that names it
+    card = read_card(out3)
+    assert card["step"] == 16 and card["run_id"] == "ds3" and (out3 / "MODEL_CARD.md").exists()
+    assert card["weights"]["encoder.safetensors"]["sha256"] == sha256_file(out3 / "encoder.safetensors")
+
+
+# zero_to_fp32.py as DeepSpeed copied it into checkpoints/, with no tag: it finds the tag through DeepSpeed's
+# `latest` file. Through its function, not its command line: that one imports huggingface_hub (for
+# sharding, even of one file), which voxmix does not install.
+_ZERO_TO_FP32 = (
+    "import sys, torch; sys.path.insert(0, sys.argv[1]); "
+    "from zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint as fp32; "
+    "torch.save(dict(fp32(sys.argv[1])), sys.argv[2])"
+)
+
+
+def _zero_to_fp32_gives_the_exported_weights(run: Path, model_cfg: dict, out: Path) -> None:
+    """DeepSpeed's own tool reads the ZeRO-3 checkpoint: its fp32 weights are the model's, those the run
+    exported as its encoder."""
+    ckpt = run / "checkpoints"
+    assert (ckpt / "latest").read_text() == json.loads((ckpt / "latest.json").read_text())["tag"]
+    p = subprocess.run([PY, "-c", _ZERO_TO_FP32, str(ckpt), str(out)], cwd=REPO, env=env(), capture_output=True,
+                       text=True, timeout=120)  # fmt: skip
+    assert p.returncode == 0, p.stderr[-3000:]
+    model = MAE3D(ModelConfig(**{**model_cfg, "reference": True}))
+    model.load_state_dict(torch.load(out, weights_only=True), strict=True)  # every parameter, no other key
+    got, want = encoder_state_dict_for_monai(model), read_encoder(run)["state_dict"]
+    assert sorted(got) == sorted(want)
+    assert all(torch.equal(got[k], want[k]) for k in want), [
+        k for k in want if not torch.equal(got[k], want[k])
+    ]

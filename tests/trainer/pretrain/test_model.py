@@ -1,4 +1,4 @@
-"""MAE3D: shapes, masking, kernels vs references, the loss going down, FLOP formula, MONAI export."""
+"""MAE3D: shapes, masking, kernels vs references, the loss going down, FLOP formula, MONAI export (ViT, UNETR)."""
 
 from __future__ import annotations
 
@@ -6,13 +6,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 from monai.networks.blocks.pos_embed_utils import build_sincos_position_embedding
+from monai.networks.nets import UNETR, ViT
 from torch.utils.flop_counter import FlopCounterMode
 
+from voxmix.formats.encoder import read_encoder, write_encoder
 from voxmix.trainer.pretrain.config import ModelConfig
 from voxmix.trainer.pretrain.model import (
     MAE3D,
+    encoder_state_dict_for_monai,
     export_encoder,
     load_monai_vit,
+    load_unetr,
+    monai_vit_kwargs,
     sincos_pos_embed_3d,
     train_flops_per_sample,
 )
@@ -132,24 +137,73 @@ def test_flops_formula_matches_flop_counter():
     assert abs(train_flops_per_sample(cfg) - counted) / counted < 1e-6, (train_flops_per_sample(cfg), counted)
 
 
-def test_monai_vit_computes_the_same_features(tmp_path):
-    m = _model(width=96, heads=3).eval()
-    export_encoder(m, tmp_path / "encoder.pt", extra={"step": 3})
-    vit = load_monai_vit(tmp_path / "encoder.pt").eval()
+@pytest.mark.parametrize("fmt", ["encoder.pt", "encoder.safetensors"])
+@pytest.mark.parametrize("width,heads", [(96, 3), (40, 2)], ids=["width96", "width40"])
+def test_monai_vit_computes_the_same_features(tmp_path, fmt, width, heads):
+    """MONAI's own ViT, loaded from either weights file, gives our encoder's tokens. Width 40 is not a
+    multiple of 6 (like the `large` preset's 1024): MONAI cannot build its sin-cos table there, so the
+    ViT holds our fixed values in a "learnable" embedding, frozen."""
+    m = _model(width=width, heads=heads).eval()
+    kw = monai_vit_kwargs(m.cfg)
+    write_encoder(tmp_path / fmt, kw, encoder_state_dict_for_monai(m), {"step": 3})
+    vit = load_monai_vit(tmp_path / fmt).eval()
     x = torch.randn(2, 1, 24, 24, 24)
     with torch.no_grad():
         ours = m.encode(x)
         theirs, hidden = vit(x)
-    assert theirs.shape == (2, 27, 96) and len(hidden) == 2
+    assert theirs.shape == (2, 27, width) and len(hidden) == 2
     torch.testing.assert_close(theirs, ours, rtol=1e-4, atol=1e-5)
-    blob = torch.load(tmp_path / "encoder.pt", weights_only=True)
-    assert blob["step"] == 3 and blob["monai_vit_kwargs"]["hidden_size"] == 96
+    pos = vit.patch_embedding.position_embeddings
+    assert not pos.requires_grad and torch.equal(pos[0], sincos_pos_embed_3d((3, 3, 3), width))
+    assert read_encoder(tmp_path / fmt)["step"] == 3
+    if width % 6:
+        assert kw["pos_embed_type"] == "learnable"
+        assert monai_vit_kwargs(ModelConfig(size="large"))["pos_embed_type"] == "learnable"  # 1024 wide
+        with pytest.raises(AssertionError, match="divisible by 6"):
+            ViT(**{**kw, "pos_embed_type": "sincos"})
+        assert torch.equal(pos[0, :, 36:], torch.zeros(27, 4))  # the zero padding beyond 6 x (40 // 6)
+    else:
+        assert kw["pos_embed_type"] == "sincos"
 
 
 def test_load_monai_vit_rejects_other_files(tmp_path):
     torch.save({"format": "something/1"}, tmp_path / "x.pt")
     with pytest.raises(ValueError, match="format"):
         load_monai_vit(tmp_path / "x.pt")
+
+
+# UNETR's fixed geometry (patch 16, 12 layers) at the smallest size: 2^3 tokens, 24 wide.
+UNETR_SMALL = dict(crop=32, patch=16, width=24, depth=12, heads=2, dec_width=24, dec_depth=1, dec_heads=2)
+
+
+def test_unetr_encoder_holds_exactly_our_weights(tmp_path):
+    m = _model(**UNETR_SMALL).eval()
+    sd = encoder_state_dict_for_monai(m)
+    write_encoder(tmp_path / "encoder.safetensors", monai_vit_kwargs(m.cfg), sd)
+    net = load_unetr(tmp_path / "encoder.safetensors", out_channels=3, feature_size=8).eval()
+    assert isinstance(net, UNETR)
+    got = net.vit.state_dict()
+    assert sorted(got) == sorted(sd)
+    for k, v in sd.items():
+        assert torch.equal(got[k], v), k
+    assert not net.vit.patch_embedding.position_embeddings.requires_grad  # fixed, as in pretraining
+    x = torch.randn(1, 1, 32, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(net.vit(x)[0], m.encode(x), rtol=1e-4, atol=1e-5)
+        assert net(x).shape == (1, 3, 32, 32, 32)
+    # Why load_unetr passes qkv_bias=True: UNETR's default has no qkv bias and refuses our weights.
+    plain = UNETR(
+        in_channels=1, out_channels=3, img_size=32, feature_size=8, hidden_size=24, mlp_dim=96, num_heads=2
+    )
+    with pytest.raises(RuntimeError, match=r"Unexpected key\(s\).*blocks\.0\.attn\.qkv\.bias"):
+        plain.vit.load_state_dict(sd)
+
+
+def test_load_unetr_names_the_way_for_other_geometries(tmp_path):
+    m = _model()  # patch 8, 2 layers: not UNETR's
+    export_encoder(m, tmp_path / "encoder.pt")
+    with pytest.raises(ValueError, match="patch 16 and 12 layers.*build_segmenter"):
+        load_unetr(tmp_path / "encoder.pt", out_channels=2)
 
 
 _TRITON_TWIN = r"""
