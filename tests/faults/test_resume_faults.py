@@ -86,6 +86,12 @@ def test_changed_settings_and_identity_are_all_listed():
         "train.out": "/elsewhere/r1",
         "data.manifest": "/moved/manifest.jsonl",
         "data.allocation": "/moved/allocation.json",
+        "train.wandb": True,
+        "train.wandb_project": "other",
+        "train.wandb_entity": "team",
+        "train.wandb_group": "g",
+        "train.wandb_tags": ["t"],
+        "train.wandb_mode": "offline",
     }
     assert set(allowed) == set(ALLOWED_CHANGES)
     assert changes(rec, *_now(rec, allowed), defaults=DEFAULTS) == []

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 # Named model sizes. `tiny` is sized for 2 CPU cores (32^3 crops, 8^3 patches -> 64 tokens); base is
-# ViT-B (768 wide, 12 deep, 12 heads). Decoders are lighter than their encoders, as in MAE; every width
-# is a multiple of 6 (the 3D sin-cos embedding) so MONAI's MaskedAutoEncoderViT builds the same shape.
+# ViT-B (768 wide, 12 deep, 12 heads). Decoders are lighter than their encoders, as in MAE. MONAI's 3D
+# sin-cos embedding needs a width divisible by 6: `large` (1024, ViT-L) is exported with a frozen
+# "learnable" embedding holding our sin-cos values instead (model.monai_pos_embed_type).
 MODEL_SIZES: dict[str, dict[str, Any]] = {
     "tiny": dict(crop=32, patch=8, width=96, depth=3, heads=3, dec_width=48, dec_depth=1, dec_heads=2),
     "small": dict(crop=96, patch=16, width=384, depth=12, heads=6, dec_width=192, dec_depth=4, dec_heads=6),
@@ -277,7 +278,7 @@ class TrainConfig:
     run_id: str = ""
     """Unique run name (default: the output folder's name)."""
     out: str = "runs/default"
-    """Output folder: runlog.jsonl, checkpoints/, encoder.pt, config.json."""
+    """Output folder: runlog.jsonl, checkpoints/, encoder.pt, config.json, deepspeed_config.json."""
     seed: int = 0
     """Seed of the sampler, the model init and the masks."""
     budget_samples: int | None = None
@@ -289,7 +290,19 @@ class TrainConfig:
     log_every: int = 20
     """Throughput events every this many optimizer steps."""
     tensorboard: bool = False
-    """Also write TensorBoard scalars under <out>/tb (needs the tensorboard package)."""
+    """Also write TensorBoard scalars under <out>/tb (`tensorboard --logdir <out>/tb`)."""
+    wandb: bool = False
+    """Also log the run log's events to Weights & Biases, under <out>/wandb (docs/training.md, Tracking)."""
+    wandb_project: str = "voxmix"
+    """W&B project: 1-128 characters, none of / \\ # ? % : (W&B's rule)."""
+    wandb_entity: str | None = None
+    """W&B user or team; None: the logged-in user's default."""
+    wandb_group: str | None = None
+    """W&B run group (e.g. a sweep's name); None: no group."""
+    wandb_tags: list[str] | None = None
+    """W&B run tags, 1-64 characters each."""
+    wandb_mode: str | None = None
+    """online, or offline (uploaded later with `wandb sync`); None: W&B's own (WANDB_MODE, else online)."""
     peak_tflops: float | None = None
     """Peak dense TFLOP/s per device for MFU; None: looked up from the GPU name (unknown on CPU)."""
     deepspeed: dict[str, Any] | None = None
@@ -314,6 +327,22 @@ class TrainConfig:
             _fail("train.peak_tflops", self.peak_tflops, "must be > 0")
         if self.deepspeed is not None:
             _check_deepspeed("train.deepspeed", self.deepspeed)
+        _check_wandb(self)
+
+
+def _check_wandb(t: TrainConfig) -> None:
+    """W&B's own limits on names, checked here so that a bad one stops before start-up, not at wandb.init."""
+    p = t.wandb_project
+    if not p.strip() or len(p) > 128 or set(p) & set("/\\#?%:"):
+        _fail("train.wandb_project", p, "must be 1-128 characters, none of / \\ # ? % :")
+    for name in ("wandb_entity", "wandb_group"):
+        if getattr(t, name) is not None and not getattr(t, name).strip():
+            _fail(f"train.{name}", getattr(t, name), "must be a name or null")
+    for i, tag in enumerate(t.wandb_tags or []):
+        if not 1 <= len(tag) <= 64:
+            _fail(f"train.wandb_tags[{i}]", tag, "must be 1-64 characters")
+    if t.wandb_mode not in (None, "online", "offline"):
+        _fail("train.wandb_mode", t.wandb_mode, "must be online, offline or null (W&B's own setting)")
 
 
 # DeepSpeed settings that trainer/pretrain/optim.py derives from config fields. Set in the passthrough,

@@ -29,6 +29,12 @@ from voxmix.formats.runlog import read_state
 ALLOWED_CHANGES: dict[str, str] = {
     "train.log_every": "how often a throughput event is logged; the training math never reads it",
     "train.tensorboard": "an extra copy of the logged scalars under <out>/tb",
+    "train.wandb": "an extra copy of the logged events in a W&B run; the training math never reads it",
+    "train.wandb_project": "where the W&B copy goes (a resumed run in another project starts a new W&B run)",
+    "train.wandb_entity": "where the W&B copy goes",
+    "train.wandb_group": "a label of the W&B copy",
+    "train.wandb_tags": "labels of the W&B copy",
+    "train.wandb_mode": "whether the W&B copy is uploaded now (online) or later (offline, `wandb sync`)",
     "train.peak_tflops": "the denominator of the logged MFU, nothing else",
     "checkpoint.every_steps": "when saves happen; a save reads the state and changes none of it (a resume "
     "from any checkpoint reproduces the uninterrupted run, tested)",

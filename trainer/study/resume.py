@@ -21,6 +21,7 @@ from typing import Any
 
 from voxmix.formats.plan import PlannedRun
 from voxmix.formats.runlog import RunLog, RunState
+from voxmix.trainer.pretrain.resume_check import ALLOWED_CHANGES
 
 from .options import SweepError
 
@@ -76,6 +77,7 @@ NOT_DEFINING = frozenset(
         "train.peak_tflops", "checkpoint.every_steps", "checkpoint.keep", "data.num_threads",
         "eval.batch_size", "train.budget_samples", "train.seed", "eval.at",
     }
+    | set(ALLOWED_CHANGES)  # what the trainer lets change on --resume (W&B settings, ...) defines no run
 )  # fmt: skip
 
 

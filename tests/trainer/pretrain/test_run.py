@@ -11,7 +11,9 @@ import torch
 
 from tests.trainer.pretrain.trainer_helpers import RUN_ARGS, events, run_trainer
 from voxmix.formats.runlog import read_runlog
+from voxmix.trainer.pretrain.config import config_from_dict
 from voxmix.trainer.pretrain.model import load_monai_vit
+from voxmix.trainer.pretrain.optim import deepspeed_config
 
 GOLDEN = Path(__file__).parent / "golden" / "tiny_cpu.json"
 
@@ -53,6 +55,19 @@ def test_encoder_export_loads_into_monai(reference_run):
     with torch.no_grad():
         y, _ = vit(torch.randn(1, 1, 32, 32, 32))
     assert y.shape == (1, 64, 96) and torch.isfinite(y).all()
+
+
+def test_effective_deepspeed_config_is_saved(reference_run):
+    """`deepspeed_config.json`: the dict the trainer passed to `deepspeed.initialize`, for its config."""
+    saved = json.loads((reference_run / "deepspeed_config.json").read_text())
+    cfg = config_from_dict(json.loads((reference_run / "config.json").read_text())["config"])
+    assert saved == deepspeed_config(cfg, world_size=1, bf16=False)
+    # configs/tiny.yaml on one CPU rank in fp32: 8 samples x 1 rank x 1 micro-batch, ZeRO-2.
+    assert (saved["train_batch_size"], saved["zero_optimization"], saved["bf16"]) == (
+        8,
+        {"stage": 2},
+        {"enabled": False},
+    )
 
 
 def _curve(run_dir):

@@ -4,6 +4,7 @@ bookkeeping, the NaN guard, the sink's resume rules (milliseconds)."""
 from __future__ import annotations
 
 import json
+import re
 from types import SimpleNamespace
 
 import numpy as np
@@ -12,7 +13,7 @@ import torch
 
 from voxmix.formats.runlog import RunLogWriter
 from voxmix.trainer.pretrain.checkpoint import CheckpointManager
-from voxmix.trainer.pretrain.sink import MetricsSink
+from voxmix.trainer.pretrain.sink import MetricsSink, Progress, format_duration
 from voxmix.trainer.pretrain.state import Boundary, TrainState, every
 from voxmix.trainer.pretrain.step import NonFiniteLoss, boundary_loss, train_step
 
@@ -144,21 +145,10 @@ def test_sink_on_other_ranks_writes_nothing(tmp_path, capsys):
     assert not (tmp_path / "r").exists() and capsys.readouterr().out == ""
 
 
-class _FakeTB:
-    def __init__(self, logdir):
-        self.logdir, self.scalars, self.closed = logdir, [], False
+def test_sink_mirrors_scalars_to_tensorboard(tmp_path):
+    # The real SummaryWriter, read back with TensorBoard's own event reader.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    def add_scalar(self, tag, value, step):
-        self.scalars.append((tag, value, step))
-
-    def close(self):
-        self.closed = True
-
-
-def test_sink_mirrors_scalars_to_tensorboard(tmp_path, monkeypatch):
-    import voxmix.trainer.pretrain.sink as sink_mod
-
-    monkeypatch.setattr(sink_mod, "tensorboard_writer_class", lambda: _FakeTB)
     sink = MetricsSink(
         tmp_path, rank=0, domains=["a"], schedule=np.zeros(8, int), log_every=1, tensorboard=True
     )
@@ -166,8 +156,6 @@ def test_sink_mirrors_scalars_to_tensorboard(tmp_path, monkeypatch):
         run_id="r", domains=["a"], mixture={"a": 1.0}, budget_samples=8, unique_samples={"a": 1}, seed=0
     )
     sink.begin(config={"x": 1}, world_size=1, start=start)
-    tb = sink.tb
-    assert tb.logdir == str(tmp_path / "tb")
     assert json.loads((tmp_path / "config.json").read_text()) == {"config": {"x": 1}, "world_size": 1}
     report = {
         "samples_per_s": 10.0,
@@ -176,15 +164,57 @@ def test_sink_mirrors_scalars_to_tensorboard(tmp_path, monkeypatch):
         "tflops_per_device": 1.0,
     }
     sink.throughput(step=1, total_steps=2, train_loss=1.5, lr=1e-3, report=report)
-    sink.eval(step=1, position=4, loss={"a": 1.25})
+    sink.throughput(step=2, total_steps=2, train_loss=1.25, lr=5e-4, report={**report, "mfu": 0.25})
+    sink.eval(step=2, position=4, loss={"a": 1.125})
     sink.completed_run(2)
-    assert tb.scalars == [
-        ("train/loss", 1.5, 1),
-        ("throughput/samples_per_s", 10.0, 1),
-        ("throughput/data_wait_frac", 0.5, 1),
-        ("throughput/tflops_per_device", 1.0, 1),
-        ("eval_loss/a", 1.25, 4),
-    ]
-    assert tb.closed and sink.tb is None
+    assert sink.tb is None  # closed: the events are on disk
+    acc = EventAccumulator(str(tmp_path / "tb"))
+    acc.Reload()
+    got = {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+    assert got == {
+        "train/loss": [(1, 1.5), (2, 1.25)],
+        "train/lr": [(1, pytest.approx(1e-3)), (2, pytest.approx(5e-4))],  # float32 in the event file
+        "throughput/samples_per_s": [(1, 10.0), (2, 10.0)],
+        "throughput/data_wait_frac": [(1, 0.5), (2, 0.5)],
+        "throughput/tflops_per_device": [(1, 1.0), (2, 1.0)],
+        "throughput/mfu": [(2, 0.25)],
+        "eval_loss/a": [(4, 1.125)],  # against samples, as the scaling curves
+    }
     kinds = [json.loads(x)["event"] for x in (tmp_path / "runlog.jsonl").read_text().splitlines()]
-    assert kinds == ["start", "throughput", "eval", "end"]
+    assert kinds == ["start", "throughput", "throughput", "eval", "end"]
+
+
+def test_elapsed_and_eta_of_the_console_lines():
+    assert [format_duration(s) for s in (0, 0.4, 42, 60, 185, 3599.6, 7380, 86400 + 4 * 3600 + 59)] == [
+        "0s", "0s", "42s", "1m00s", "3m05s", "1h00m", "2h03m", "1d04h",
+    ]  # fmt: skip
+    p = Progress(started=100.0, recent=2)
+    assert p.line(100.0, 0, 100) == "elapsed 0s, ETA ?"  # one mark: no rate yet
+    # 10 steps in 60 s: 90 steps left take 540 s.
+    assert p.line(160.0, 10, 100) == "elapsed 1m00s, ETA 9m00s"
+    # The rate is that of the last `recent` intervals: (0 -> 10 in 60 s, 10 -> 20 in 20 s) = 20 / 80 s.
+    assert p.line(180.0, 20, 100) == "elapsed 1m20s, ETA 5m20s"
+    # The oldest interval drops out: steps 10 -> 30 in 40 s (160 -> 200), 70 left take 140 s.
+    assert p.line(200.0, 30, 100) == "elapsed 1m40s, ETA 2m20s"
+    assert p.eta(100, 100) == 0.0
+    # A resumed attempt: its first mark is the checkpoint's step, its elapsed time its own.
+    r = Progress(started=5.0)
+    r.mark(5.0, 60)
+    assert r.line(35.0, 70, 100) == "elapsed 30s, ETA 1m30s"
+
+
+def test_sink_console_line_has_elapsed_time_and_eta(tmp_path, capsys):
+    import time
+
+    sink = MetricsSink(tmp_path, rank=0, domains=["a"], schedule=np.zeros(8, int), log_every=1,
+                       tensorboard=False, started_at=time.monotonic() - 125)  # fmt: skip
+    start = dict(
+        run_id="r", domains=["a"], mixture={"a": 1.0}, budget_samples=8, unique_samples={"a": 1}, seed=0
+    )
+    sink.begin(config={}, world_size=1, start=start, step=0)
+    sink.throughput(step=1, total_steps=4, train_loss=1.0, lr=1e-3,
+                    report={"samples_per_s": 2.0, "seconds_per_sample": {"a": 0.5}, "data_wait_frac": 0.0})  # fmt: skip
+    out = capsys.readouterr().out
+    assert re.search(
+        r"step 1/4 loss 1\.0000 2\.0 samples/s, data wait 0%, elapsed 2m0[5-9]s, ETA \d+s$", out.strip()
+    )
