@@ -23,6 +23,7 @@ from pathlib import Path
 
 from voxmix.formats.errors import FormatError
 from voxmix.lawfit.errors import LawfitError
+from voxmix.trainer.cli import HelpFormatter
 from voxmix.trainer.data.ingest import SpecError
 from voxmix.trainer.study.demo import run_demo
 from voxmix.trainer.study.options import (
@@ -44,28 +45,28 @@ def _scales(text: str) -> tuple[float, ...]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default=str(REPO / "demo"), help="output folder (default demo/)")
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    p.add_argument("--out", default=str(REPO / "demo"), help="output folder")
     p.add_argument("--fresh", action="store_true", help="delete the output folder and start over")
     p.add_argument(
         "--domains",
         nargs="+",
         default=list(DEMO_DOMAINS),
-        help=f"phantom domains (default: {' '.join(DEMO_DOMAINS)})",
+        help="phantom domains",
     )
     p.add_argument(
         "--per-domain",
         type=int,
         default=DEMO_PER_DOMAIN,
-        help=f"phantom volumes per domain (default {DEMO_PER_DOMAIN})",
+        help="phantom volumes per domain",
     )
     p.add_argument("--size", type=int, default=48, help="phantom grid side (voxels)")
-    p.add_argument("--config", default="configs/tiny.yaml")
+    p.add_argument("--config", default="configs/tiny.yaml", help="trainer preset of every run")
     p.add_argument(
         "--pilot-samples",
         type=int,
         default=DEMO_PILOT_SAMPLES,
-        help=f"samples per pilot run (multiple of 8; default {DEMO_PILOT_SAMPLES}: the demo fits 15 min on 2 cores)",
+        help="samples per pilot run (multiple of 8; the default fits the demo in 15 min on 2 cores)",
     )
     p.add_argument(
         "--scales",
@@ -80,7 +81,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--eval-crops",
         type=int,
         default=EVAL_CROPS,
-        help=f"held-out crops per domain and evaluation (default {EVAL_CROPS})",
+        help="held-out crops per domain and evaluation",
     )
     p.add_argument("--evals", type=int, default=8, help="evaluation points per pilot run")
     p.add_argument(
@@ -88,9 +89,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--final-evals", type=int, default=5, help="evaluation points per final run")
     p.add_argument("--parallel", type=int, default=2, help="pilot runs at once (one thread each on CPU)")
-    p.add_argument("--bootstrap", type=int, default=20)
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bootstrap", type=int, default=20, help="bootstrap resamples of the law fit")
+    p.add_argument("--workers", type=int, default=2, help="processes of the law fit")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the phantoms, the plan (mixtures, run seeds), the fit and the allocation",
+    )
     p.add_argument("--set", action="append", default=[], help="trainer override for every run")
     p.add_argument("--no-report", action="store_true", help="skip the lawfit report figures")
     p.add_argument(

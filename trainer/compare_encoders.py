@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from voxmix.trainer.cli import HelpFormatter, prog
 from voxmix.trainer.downstream.cli import (
     FAILED,
     ArgumentParser,
@@ -28,9 +29,12 @@ from voxmix.trainer.downstream.cli import (
     check_out,
     fail,
 )
+from voxmix.trainer.downstream.config import QUICK
 
 # The display name of the randomly initialized control (`--scratch`).
 SCRATCH = "scratch"
+# Seeds per encoder without --seeds (--quick: QUICK["seeds"]).
+SEEDS = 5
 
 
 def _names(a) -> list[str]:
@@ -80,29 +84,41 @@ def _read_encoders(names: list[str], paths: list[str], *, segment: bool) -> dict
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = ArgumentParser(prog="python -m trainer.compare_encoders", description=__doc__.splitlines()[0])
+    p = ArgumentParser(
+        prog=prog("python -m trainer.compare_encoders"), description=__doc__, formatter_class=HelpFormatter
+    )
     p.add_argument("encoders", nargs="+", help="encoder.pt files; the first is the baseline")
     p.add_argument("--data", help="ingested folder with labels.jsonl")
     p.add_argument("--phantoms", help="work folder: make (or reuse) a labelled phantom set there")
-    p.add_argument("--config", default=None, help="preset (quick, default) or YAML file")
-    p.add_argument("--seeds", type=int, default=None)
+    p.add_argument(
+        "--config",
+        default=None,
+        help="preset (quick, default) or YAML file (default: default; quick with --quick)",
+    )
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=None,
+        help=f"seeds per encoder (default: {SEEDS}; {QUICK['seeds']} with --quick)",
+    )
     p.add_argument(
         "--quick",
         action="store_true",
-        help="the 2-core demo: config quick, 3 seeds, 32 phantoms of 48^3 per domain",
+        help=f"the 2-core demo: config {QUICK['config']}, {QUICK['seeds']} seeds, {QUICK['per_domain']} phantoms "
+        f"of {QUICK['size']}^3 per domain",
     )
     p.add_argument("--names", help="comma-separated display names (default: the parent folder names)")
     p.add_argument("--scratch", action="store_true", help="add a randomly initialized encoder (control)")
     p.add_argument("--wilcoxon", action="store_true", help="decide significance by Wilcoxon signed-rank")
     p.add_argument("--correction", choices=["holm", "none"], default="holm",
-                   help="multiple-testing correction of the significance decision (default holm)")  # fmt: skip
-    p.add_argument("--level", type=float, default=0.95)
-    p.add_argument("--alpha", type=float, default=0.05)
+                   help="multiple-testing correction of the significance decision")  # fmt: skip
+    p.add_argument("--level", type=float, default=0.95, help="confidence level of the intervals")
+    p.add_argument("--alpha", type=float, default=0.05, help="significance level of the tests")
     p.add_argument("--out", help="write the comparison as JSON here")
     a = p.parse_args(argv)
-    from voxmix.trainer.downstream.config import QUICK, load_config
+    from voxmix.trainer.downstream.config import load_config
 
-    seeds = a.seeds if a.seeds is not None else (QUICK["seeds"] if a.quick else 5)
+    seeds = a.seeds if a.seeds is not None else (QUICK["seeds"] if a.quick else SEEDS)
     config = a.config or ("quick" if a.quick else "default")
     # Cheap checks first (arguments, config, encoder files, data), then the comparison.
     try:

@@ -17,18 +17,26 @@ import json
 import sys
 import time
 
+from voxmix.trainer.cli import HelpFormatter, prog
 from voxmix.trainer.downstream.cli import FAILED, ArgumentParser, check_folder, check_out, check_seed, fail
 
 RESULT_FORMAT = "voxmix.downstream/1"
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = ArgumentParser(prog="python -m trainer.finetune", description=__doc__.splitlines()[0])
-    p.add_argument("--task", choices=["seg", "cls", "all"], default="all")
+    p = ArgumentParser(
+        prog=prog("python -m trainer.finetune"), description=__doc__, formatter_class=HelpFormatter
+    )
+    p.add_argument(
+        "--task",
+        choices=["seg", "cls", "all"],
+        default="all",
+        help="the config's seg tasks, cls tasks, or both",
+    )
     p.add_argument("--encoder", required=True, help="encoder.pt written by trainer/run.py")
     p.add_argument("--data", required=True, help="ingested folder with manifest.jsonl and labels.jsonl")
     p.add_argument("--config", default="default", help="preset (quick, default) or YAML file")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="decoder/head init, crops and folds")
     p.add_argument("--scratch", action="store_true", help="random encoder of the same architecture")
     p.add_argument("--out", help="write the results as JSON here")
     a = p.parse_args(argv)

@@ -9,20 +9,25 @@ import argparse
 import sys
 from collections import Counter
 
-from voxmix.trainer.data.ingest.pipeline import FAILURES, ingest
-from voxmix.trainer.data.ingest.spec import SpecError, load_spec
-from voxmix.trainer.data.volumes import OutputFolderError
+from voxmix.trainer.cli import HelpFormatter, prog
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m trainer.ingest", description=__doc__)
+    p = argparse.ArgumentParser(
+        prog=prog("python -m trainer.ingest"), description=__doc__, formatter_class=HelpFormatter
+    )
     p.add_argument("--spec", required=True, help="dataset spec (YAML), see configs/dataset.example.yaml")
     p.add_argument(
         "--out", required=True, help="output folder: <domain>/*.npy, manifest.jsonl, failures.jsonl"
     )
-    p.add_argument("--workers", type=int, default=1, help="parallel worker processes (default 1)")
+    p.add_argument("--workers", type=int, default=1, help="parallel worker processes")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
+    # After parsing: `--help` and usage errors need none of the ingest's imports (numpy, readers).
+    from voxmix.trainer.data.ingest.pipeline import FAILURES, ingest
+    from voxmix.trainer.data.ingest.spec import SpecError, load_spec
+    from voxmix.trainer.data.volumes import OutputFolderError
+
     if args.workers < 1:
         print(f"voxmix: --workers must be >= 1, got {args.workers}", file=sys.stderr)
         return 2

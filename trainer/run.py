@@ -1,4 +1,4 @@
-"""Train the 3D MAE on an allocated data mixture (docs/training.md).
+r"""Train the 3D MAE on an allocated data mixture (docs/training.md).
 
     deepspeed [--num_gpus N | --hostfile H] trainer/run.py --config configs/tiny.yaml \
         --allocation allocation.json [--manifest data/manifest.jsonl] [--out runs/NAME] [--resume]
@@ -19,11 +19,14 @@ import socket
 import sys
 from pathlib import Path
 
+from voxmix.trainer.cli import HelpFormatter, prog
 from voxmix.trainer.pretrain.config import Config, ConfigError, load_config
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog=prog("trainer/run.py"), description=__doc__, formatter_class=HelpFormatter
+    )
     ap.add_argument("--config", required=True, help="YAML preset (configs/NAME.yaml)")
     ap.add_argument("--allocation", help="allocation.json (voxmix.allocation/1); overrides data.allocation")
     ap.add_argument(

@@ -30,22 +30,34 @@ import argparse
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from voxmix.formats.errors import FormatError
-from voxmix.trainer.study.options import SweepError, SweepOptions
-from voxmix.trainer.study.sweep import run_sweep
+from voxmix.trainer.cli import HelpFormatter, prog
+
+if TYPE_CHECKING:
+    from voxmix.trainer.study.options import SweepOptions
+
+# voxmix.trainer.study (torch, DeepSpeed's config code: ~7 s cold) is imported after the arguments are
+# parsed, so that `--help` and usage errors answer at once.
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m trainer.sweep", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog=prog("python -m trainer.sweep"), description=__doc__, formatter_class=HelpFormatter
+    )
     p.add_argument("plan", help="plan.json written by `lawfit plan` (voxmix.plan/1)")
     p.add_argument("--runs-dir", required=True, help="one folder per run: <runs-dir>/<run_id>/runlog.jsonl")
-    p.add_argument("--config", default="configs/tiny.yaml", help="trainer preset (default configs/tiny.yaml)")
+    p.add_argument("--config", default="configs/tiny.yaml", help="trainer preset")
     p.add_argument("--manifest", required=True, help="manifest.jsonl of the ingested data")
     p.add_argument(
         "--set", action="append", metavar="SECTION.FIELD=VALUE", help="trainer override (repeatable)"
     )
-    p.add_argument("--launcher", choices=("local", "slurm"), default="local")
+    p.add_argument(
+        "--launcher",
+        choices=("local", "slurm"),
+        default="local",
+        help="local processes, or a SLURM job array",
+    )
     p.add_argument("--gpus-per-run", type=int, default=1, help="GPUs (or CPU processes) per run")
     p.add_argument("--parallel", type=int, default=0, help="runs at once (default: all GPU groups; 1 on CPU)")
     p.add_argument("--retries", type=int, default=1, help="retries of a failed run before reporting it")
@@ -53,7 +65,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--sbatch", action="append", metavar="OPTION", help="extra #SBATCH line, e.g. --partition=gpu"
     )
-    p.add_argument("--deepspeed", default=str(Path(sys.executable).with_name("deepspeed")))
+    p.add_argument(
+        "--deepspeed",
+        default=str(Path(sys.executable).with_name("deepspeed")),
+        help="the DeepSpeed launcher (this environment's)",
+    )
     p.add_argument("--dry-run", action="store_true", help="print the commands (or the sbatch script) only")
     stale = p.add_mutually_exclusive_group()
     stale.add_argument(
@@ -64,6 +80,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def options_from_args(a: argparse.Namespace) -> SweepOptions:
+    from voxmix.trainer.study.options import SweepOptions
+
     return SweepOptions(
         plan=Path(a.plan),
         runs_dir=Path(a.runs_dir),
@@ -85,6 +103,10 @@ def options_from_args(a: argparse.Namespace) -> SweepOptions:
 
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
+    from voxmix.formats.errors import FormatError
+    from voxmix.trainer.study.options import SweepError
+    from voxmix.trainer.study.sweep import run_sweep
+
     try:
         result = run_sweep(options_from_args(a))
     except (SweepError, FormatError) as err:

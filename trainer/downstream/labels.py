@@ -13,11 +13,11 @@ manifest's shape. Output: `DIR/labels/<id>.npy` (uint8) and `DIR/labels.jsonl` (
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from voxmix.formats.io import jsonl_values
 from voxmix.formats.labels import FILENAME, LabelsError, write_labels_file
@@ -48,6 +48,8 @@ def _read_index(path: Path) -> dict[str, dict]:
 def _nearest(lab: np.ndarray, shape) -> np.ndarray:
     if tuple(shape) == lab.shape:
         return lab
+    import torch  # here, not at the top: `--help` answers without loading torch (~5 s cold)
+
     t = torch.from_numpy(np.ascontiguousarray(lab.astype(np.float32)))[None, None]
     # "nearest-exact" samples voxel centres, which is where the trilinear image resampling samples too.
     return torch.nn.functional.interpolate(t, size=tuple(shape), mode="nearest-exact")[0, 0].numpy()
@@ -74,13 +76,14 @@ def write_labels(data_dir: Path, index_path: Path, spec_path: Path, names: list[
     from voxmix.formats.manifest import read_manifest
     from voxmix.trainer.data.ingest.pipeline import save_npy_atomic
     from voxmix.trainer.data.ingest.spec import load_spec
+    from voxmix.trainer.data.phantoms import progress
 
     manifest = read_manifest(data_dir / "manifest.jsonl")
     spec = load_spec(spec_path)
     domains = {d.name: d for d in spec.domains}
     index = _read_index(index_path)
     rows: list[dict] = []
-    for i, rec in enumerate(manifest.records):
+    for rec in progress(manifest.records, "labels"):
         entry = index.get(rec.source)
         if entry is None:
             continue
@@ -98,14 +101,19 @@ def write_labels(data_dir: Path, index_path: Path, spec_path: Path, names: list[
             save_npy_atomic(data_dir / rel, lab)
             row["labels"] = rel
         rows.append(row)
-        print(f"\rlabels: {i + 1}/{len(manifest.records)}", end="", file=sys.stderr)
-    print(file=sys.stderr)
     write_labels_file(data_dir, names, rows, index=str(index_path))
     return len(rows)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = ArgumentParser(prog="python -m trainer.downstream.labels", description=__doc__.splitlines()[0])
+    # `voxmix labels` sets sys.argv[0] to its own name (trainer/cli.py: prog(), which this package may
+    # not import). Every option's default is explained in its help text: none shows `(default: ...)`.
+    run_as = sys.argv[0] if sys.argv and sys.argv[0].startswith("voxmix ") else None
+    p = ArgumentParser(
+        prog=run_as or "python -m trainer.downstream.labels",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--data", required=True, help="ingested folder (manifest.jsonl)")
     p.add_argument("--index", required=True, help="label index JSONL (e.g. phantoms.jsonl)")
     p.add_argument("--spec", help="ingest spec used (default: dataset.yaml next to the index)")
