@@ -83,3 +83,72 @@ def write_dicom_series(
         ds.PixelData = stored.tobytes()
         ds.save_as(folder / f"slice{n:03d}.dcm", enforce_file_format=True)
     return folder
+
+
+CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
+PET_IMAGE = "1.2.840.10008.5.1.4.1.1.128"
+
+
+def write_dicom_slices(
+    folder: Path,
+    stored: list[np.ndarray],
+    positions: list,
+    *,
+    iop=(1, 0, 0, 0, 1, 0),
+    pixel_spacing=(SPACING[1], SPACING[0]),
+    sop_class=CT_IMAGE,
+    common: dict | None = None,
+    per_slice: list[dict] | None = None,
+) -> list[Path]:
+    """File n = stored[n] (2D int16, rows x columns) at Image Position positions[n], from pydicom's
+    CT_small.dcm; `common` fields go into every file, `per_slice[n]` into file n (e.g. RescaleSlope,
+    AcquisitionTime). Any geometry: the caller chooses orientation, order, gaps and duplicates."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+    from pydicom.uid import generate_uid
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tmpl = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    series = generate_uid()
+    paths = []
+    for n, (arr, pos) in enumerate(zip(stored, positions)):
+        ds = copy.deepcopy(tmpl)
+        ds.SeriesInstanceUID = series
+        ds.SOPInstanceUID = generate_uid()
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = sop_class
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.InstanceNumber = n + 1
+        ds.Rows, ds.Columns = arr.shape
+        ds.PixelSpacing = list(pixel_spacing)
+        ds.ImageOrientationPatient = list(iop)
+        ds.ImagePositionPatient = [float(v) for v in pos]
+        ds.RescaleSlope, ds.RescaleIntercept = 1, 0
+        for key, v in {**(common or {}), **(per_slice[n] if per_slice else {})}.items():
+            setattr(ds, key, v)
+        ds.PixelData = np.ascontiguousarray(arr.astype(np.int16)).tobytes()
+        paths.append(folder / f"slice{n:03d}.dcm")
+        ds.save_as(paths[-1], enforce_file_format=True)
+    return paths
+
+
+def pet_fields(*, weight=70.0, dose=3.7e8, half_life=6586.2, start="100000", series_time="110000", **more):
+    """The PET Series fields of a body-weight SUV (Units BQML, F-18 by default), as `common` for
+    write_dicom_slices or for a pydicom Dataset."""
+    from pydicom import Dataset
+    from pydicom.sequence import Sequence
+
+    rp = Dataset()
+    rp.RadionuclideTotalDose = dose
+    rp.RadionuclideHalfLife = half_life
+    rp.RadiopharmaceuticalStartTime = start
+    return {
+        "Modality": "PT",
+        "Units": "BQML",
+        "PatientWeight": weight,
+        "SeriesDate": "20240102",
+        "SeriesTime": series_time,
+        "AcquisitionDate": "20240102",  # the template's are from 1997: an "earlier acquisition"
+        "AcquisitionTime": series_time,
+        "RadiopharmaceuticalInformationSequence": Sequence([rp]),
+        **more,
+    }
