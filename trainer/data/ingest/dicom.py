@@ -133,7 +133,7 @@ def _series_pydicom(item: Item) -> tuple[np.ndarray, list[dict[str, str]]]:
         dss = [pydicom.dcmread(f) for f in item.files]
     except Exception as exc:
         raise IngestFailure("unreadable", f"{item.source}: cannot parse DICOM: {exc}") from None
-    slices = [{kw: _text(ds.get(kw)) for kw in SLICE_TAGS} for ds in dss]
+    slices = [{kw: header_text(ds.get(kw)) for kw in SLICE_TAGS} for ds in dss]
     order = _position_order(dss[0], slices)
     if order is not None:  # headers come before pixels: decode in position order, no reordering copy
         dss, slices = [dss[i] for i in order], [slices[i] for i in order]
@@ -159,7 +159,7 @@ def _position_order(first, slices: list[dict[str, str]]) -> np.ndarray | None:
     """Slice order along the normal of the first file's orientation; None when a field is unusable
     (_assemble then names it)."""
     try:
-        iop = [float(v) for v in _text(first.get("ImageOrientationPatient")).split("\\")]
+        iop = [float(v) for v in header_text(first.get("ImageOrientationPatient")).split("\\")]
         normal = np.cross(iop[:3], iop[3:6])
         offs = [float(normal @ [float(v) for v in s["ImagePositionPatient"].split("\\")]) for s in slices]
     except (ValueError, IndexError):
@@ -167,7 +167,7 @@ def _position_order(first, slices: list[dict[str, str]]) -> np.ndarray | None:
     return np.argsort(offs, kind="stable")
 
 
-def _text(v) -> str:
+def header_text(v) -> str:
     """A pydicom value as ITK's metadata dictionary writes it (multi-values joined by backslashes)."""
     if v is None:
         return ""
@@ -189,7 +189,9 @@ def _floats(text: str, n: int, what: str, source: str) -> list[float]:
 def _assemble(item: Item, first, arr: np.ndarray, slices: list[dict[str, str]], reader: str) -> Volume:
     """Both paths, slices in position order (`_position_order`): check the spacing, apply the SUV decay
     scaling, orient."""
-    iop = _floats(_text(first.get("ImageOrientationPatient")), 6, "ImageOrientationPatient", item.source)
+    iop = _floats(
+        header_text(first.get("ImageOrientationPatient")), 6, "ImageOrientationPatient", item.source
+    )
     positions = [_floats(s["ImagePositionPatient"], 3, "ImagePositionPatient", item.source) for s in slices]
     affine = _checked_affine(item.source, iop, first.PixelSpacing, positions)
     meta = {"reader": reader}
@@ -275,7 +277,9 @@ def _read_multiframe(item: Item) -> Volume:
     affine = _checked_affine(item.source, iop, ps, positions)
     meta = {"reader": "pydicom"}
     # Per-frame times of enhanced PET live in the functional groups; the top-level ones are used here.
-    arr = _with_suv(ds, _rescale(ds, arr), [{kw: _text(ds.get(kw)) for kw in SLICE_TAGS}] * frames, meta)
+    arr = _with_suv(
+        ds, _rescale(ds, arr), [{kw: header_text(ds.get(kw)) for kw in SLICE_TAGS}] * frames, meta
+    )
     return _canonical(arr, affine, meta)
 
 

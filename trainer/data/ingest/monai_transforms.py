@@ -185,7 +185,7 @@ def dicom_suv_factor(path: str | os.PathLike) -> float | None:
     resampling, which this chain does not reproduce."""
     import pydicom
 
-    from .dicom import SLICE_TAGS, suv_bw
+    from .dicom import SLICE_TAGS, header_text, suv_bw
 
     p = Path(path)
     if p.name.lower().endswith((".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")):
@@ -200,7 +200,7 @@ def dicom_suv_factor(path: str | os.PathLike) -> float | None:
         return None
     first = headers[0]
     frames = int(first.get("NumberOfFrames", 1) or 1)
-    times = [{kw: _dicom_text(ds.get(kw)) for kw in SLICE_TAGS} for ds in headers] * (
+    times = [{kw: header_text(ds.get(kw)) for kw in SLICE_TAGS} for ds in headers] * (
         frames if len(headers) == 1 else 1
     )
     suv = suv_bw(first, times)
@@ -210,15 +210,6 @@ def dicom_suv_factor(path: str | os.PathLike) -> float | None:
             "time before resampling, which ingest_transforms does not reproduce; ingest the series instead"
         )
     return None if suv is None else suv.factor
-
-
-def _dicom_text(v) -> str:
-    """A header value as dicom.py's slice dictionaries hold it (multi-values joined by backslashes)."""
-    if v is None:
-        return ""
-    if not isinstance(v, (str, bytes)) and hasattr(v, "__iter__"):
-        return "\\".join(str(x) for x in v)
-    return str(v).strip()
 
 
 class PETNormalized(MapTransform):

@@ -98,7 +98,7 @@ def discover(pattern: str, base: Path) -> list[Item]:
                     elif _is_dicom(f):
                         dicoms.append(f)
         elif not p.exists():
-            items.append(Item(source=_name(p, base), kind="bad", files=[p], error="not found"))
+            items.append(Item(source=source_name(p, base), kind="bad", files=[p], error="not found"))
         elif _suffix(p) in NIFTI:
             items.append(_item(p, base, "nifti"))
         elif _suffix(p) in ITK:
@@ -106,11 +106,14 @@ def discover(pattern: str, base: Path) -> list[Item]:
         elif _is_dicom(p):
             dicoms.append(p)
         elif explicit:
-            items.append(Item(source=_name(p, base), kind="bad", files=[p], error="unsupported file type"))
+            items.append(
+                Item(source=source_name(p, base), kind="bad", files=[p], error="unsupported file type")
+            )
     return items + _group_dicom(dicoms, base)
 
 
-def _name(p: Path, base: Path) -> str:
+def source_name(p: Path, base: Path) -> str:
+    """How a manifest and failures.jsonl name a source: relative to the spec's folder when inside it."""
     p = Path(os.path.abspath(p))
     try:
         return p.relative_to(base).as_posix()
@@ -119,7 +122,7 @@ def _name(p: Path, base: Path) -> str:
 
 
 def _item(p: Path, base: Path, kind: str) -> Item:
-    return Item(source=_name(p, base), kind=kind, files=[p])
+    return Item(source=source_name(p, base), kind=kind, files=[p])
 
 
 def _group_dicom(files: list[Path], base: Path) -> list[Item]:
@@ -132,7 +135,9 @@ def _group_dicom(files: list[Path], base: Path) -> list[Item]:
             ds = pydicom.dcmread(f, stop_before_pixels=True)
             uid = str(ds.get("SeriesInstanceUID", "")) or f.name
         except Exception as exc:  # any parse error: the file is reported, the rest continue
-            bad.append(Item(source=_name(f, base), kind="bad", files=[f], error=f"unreadable DICOM: {exc}"))
+            bad.append(
+                Item(source=source_name(f, base), kind="bad", files=[f], error=f"unreadable DICOM: {exc}")
+            )
             continue
         groups.setdefault((str(f.parent), uid), []).append(f)
     items = []
@@ -141,9 +146,9 @@ def _group_dicom(files: list[Path], base: Path) -> list[Item]:
         per_folder[folder] = per_folder.get(folder, 0) + 1
     for (folder, uid), fs in sorted(groups.items()):
         if len(fs) == 1:
-            items.append(Item(source=_name(fs[0], base), kind="dicom_file", files=fs))
+            items.append(Item(source=source_name(fs[0], base), kind="dicom_file", files=fs))
         else:
-            name = _name(Path(folder), base) + (f"#{uid}" if per_folder[folder] > 1 else "")
+            name = source_name(Path(folder), base) + (f"#{uid}" if per_folder[folder] > 1 else "")
             items.append(Item(source=name, kind="dicom_series", files=sorted(fs)))
     return items + bad
 

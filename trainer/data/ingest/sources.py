@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .readers import ITK, NIFTI, Item, discover
+from .readers import ITK, NIFTI, Item, discover, source_name
 from .spec import DatasetSource, DomainSpec, Spec, SpecError
 
 
@@ -57,7 +57,7 @@ def expand(entry: str | DatasetSource, base: Path) -> list[Found]:
             error = f"not found (listed in {_json_file(path, entry.kind)})"
             out.append(
                 Found(
-                    item=Item(source=_name(file, base), kind="bad", files=[file], error=error),
+                    item=Item(source=source_name(file, base), kind="bad", files=[file], error=error),
                     subject=subject,
                 )
             )
@@ -142,14 +142,6 @@ def subject_of(pattern: re.Pattern[str], source: str) -> str | None:
 def _resolve(path: str, base: Path) -> Path:
     p = Path(os.path.expanduser(path))
     return p if p.is_absolute() else base / p
-
-
-def _name(p: Path, base: Path) -> str:
-    p = Path(os.path.abspath(p))
-    try:
-        return p.relative_to(base).as_posix()
-    except ValueError:
-        return p.as_posix()
 
 
 def _json_file(path: Path, kind: str) -> Path:
