@@ -4,7 +4,6 @@ per worker and a progress bar on stderr."""
 from __future__ import annotations
 
 import os
-import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Protocol
 
@@ -41,16 +40,9 @@ def _init_worker(parent: int) -> None:
 
 
 def _progress(total: int, desc: str, cfg: _Opts):
-    from tqdm import tqdm
+    from voxmix.formats.progress import progress  # whole lines in a SLURM log, tqdm's bar on a terminal
 
-    return tqdm(
-        total=total,
-        desc=desc,
-        file=sys.stderr,
-        disable=not cfg.progress or total <= 1,
-        leave=False,
-        dynamic_ncols=True,
-    )
+    return progress(None, desc, total=total, unit="fit", disable=not cfg.progress or total <= 1, leave=False)
 
 
 def map_jobs(fn, jobs: list, cfg: _Opts, desc: str) -> list:

@@ -15,9 +15,9 @@ import torch
 
 import voxmix
 from voxmix.formats.labels import write_labels_file
+from voxmix.formats.progress import progress
 from voxmix.lawfit import cli as lawfit_cli
 from voxmix.trainer.cli import COMMANDS, main
-from voxmix.trainer.data.phantoms import progress
 
 # One help text per command, with a default it must show (argparse's own wording, "(default: X)").
 DEFAULTS = {
@@ -139,3 +139,22 @@ def test_finetune_refuses_a_one_sided_class_before_training(tmp_path, capsys):
     assert main(["finetune", *args]) == 2
     err = capsys.readouterr().err
     assert "target 'lesion' needs >= 2 volumes of each class, has 7 of 0 and 1 of 1" in err, err
+
+
+def test_ingest_and_lawfit_progress_are_whole_lines_in_a_log(capsys):
+    """ingest's and lawfit's bars went through raw tqdm: in a SLURM log their `\\r` redraws ran together
+    into one growing line. Now, as phantoms and labels: whole lines (stderr captured = not a terminal)."""
+    from types import SimpleNamespace
+
+    from voxmix.lawfit.parallel import _progress
+    from voxmix.trainer.data.ingest.pipeline import _progress_bar
+
+    for bar in (_progress_bar(3), _progress(3, "fit", SimpleNamespace(progress=True, workers=1))):
+        with bar:
+            for _ in range(3):
+                bar.update()
+    err = capsys.readouterr().err
+    assert "\r" not in err and err.endswith("\n")
+    lines = err.splitlines()
+    assert any(ln.startswith("ingest") and "3/3" in ln for ln in lines), err
+    assert any(ln.startswith("fit") and "3/3" in ln for ln in lines), err

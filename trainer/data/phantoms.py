@@ -29,17 +29,16 @@ from __future__ import annotations
 
 import importlib
 import json
-import sys
 import types
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, TextIO
 
 import numpy as np
 
 from voxmix.formats.io import atomic_write_text
+from voxmix.formats.progress import progress
 
 from .volumes import make_output_folder
 
@@ -293,47 +292,6 @@ def _save_nifti(path: Path, arr: np.ndarray, spacing) -> None:
     tmp = path.with_name(f".{path.name}.tmp.nii.gz")
     nib.save(nib.Nifti1Image(arr, np.diag([*spacing, 1.0])), str(tmp))
     tmp.replace(path)
-
-
-class _Lines:
-    """A log file as tqdm's output: each redraw a line of its own, without the terminal's `\r`."""
-
-    def __init__(self, file: TextIO):
-        self.file = file
-
-    def write(self, text: str) -> None:
-        for part in text.split("\r"):
-            if part.strip():
-                self.file.write(part.rstrip() + "\n")
-
-    def flush(self) -> None:
-        self.file.flush()
-
-
-# Seconds between progress lines in a log file (a terminal redraws every 0.1 s, tqdm's default).
-LOG_INTERVAL = 30.0
-
-
-def progress(
-    items: Iterable | None,
-    desc: str,
-    *,
-    total: int | None = None,
-    unit: str = "vol",
-    file: TextIO | None = None,
-) -> Any:
-    """tqdm over `items` (or a bar of `total` to update by hand) on stderr. On a terminal, tqdm's own
-    bar. On anything else (a SLURM or nohup log, a pipe) a line every LOG_INTERVAL seconds and one at the
-    end: tqdm redraws with `\r` whatever its output is (tqdm 4.70 has no line mode), and in a log file
-    those redraws run together into one line that grows for the whole job."""
-    from tqdm import tqdm
-
-    out = sys.stderr if file is None else file
-    if getattr(out, "isatty", lambda: False)():
-        return tqdm(items, total=total, desc=desc, unit=unit, file=out, dynamic_ncols=True)
-    # maxinterval too: tqdm's monitor thread would otherwise redraw every 10 s (its default).
-    return tqdm(items, total=total, desc=desc, unit=unit, file=_Lines(out), ncols=80,
-                mininterval=LOG_INTERVAL, maxinterval=LOG_INTERVAL)  # fmt: skip
 
 
 def write_dataset(

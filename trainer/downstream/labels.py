@@ -74,9 +74,9 @@ def align_label_map(image_file: Path, label_file: Path, domain_spec) -> np.ndarr
 
 def write_labels(data_dir: Path, index_path: Path, spec_path: Path, names: list[str]) -> int:
     from voxmix.formats.manifest import read_manifest
+    from voxmix.formats.progress import progress
     from voxmix.trainer.data.ingest.pipeline import save_npy_atomic
     from voxmix.trainer.data.ingest.spec import load_spec
-    from voxmix.trainer.data.phantoms import progress
 
     manifest = read_manifest(data_dir / "manifest.jsonl")
     spec = load_spec(spec_path)

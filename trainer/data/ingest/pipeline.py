@@ -39,6 +39,7 @@ from voxmix.formats.manifest import (
     record_from_json,
     write_manifest,
 )
+from voxmix.formats.progress import progress
 
 from ..volumes import VolumeError, make_output_folder, open_volume
 from .preprocess import preprocess
@@ -322,9 +323,7 @@ class _Collector:
 
 
 def _progress_bar(total: int) -> Any:
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="vol", desc="ingest", file=sys.stderr)
+    return progress(None, "ingest", total=total, unit="vol")  # whole lines in a SLURM log
 
 
 def _run_jobs(args: list[tuple], workers: int, handle: Callable[[dict], None]) -> None:
