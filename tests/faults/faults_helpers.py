@@ -9,8 +9,10 @@ docs/security.md lists every case with its message and the test that keeps it.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -72,3 +74,13 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def kill_and_check_workers_die(proc: subprocess.Popen, workers: list[int], what: str) -> None:
+    """SIGKILL `proc` (no cleanup runs) and assert its worker processes `workers` end within 5 s."""
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 5
+    while any(alive(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [w for w in workers if alive(w)], f"{what} workers outlived the killed {what}"

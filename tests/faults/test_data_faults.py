@@ -17,7 +17,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.faults.faults_helpers import alive, assert_clean_error, children, cli_env, run_cli
+from tests.faults.faults_helpers import (
+    alive,
+    assert_clean_error,
+    children,
+    cli_env,
+    kill_and_check_workers_die,
+    run_cli,
+)
 from tests.trainer.data.ingest_helpers import phantom_hu, write_nifti
 from tests.trainer.pretrain.trainer_helpers import make_dataset, write_allocation
 from voxmix.formats.manifest import read_manifest
@@ -140,12 +147,7 @@ def test_sigkilled_ingest_leaves_no_worker_running(tmp_path):
             workers = [c for c in children(proc.pid) if "resource_tracker" not in Path(
                 f"/proc/{c}/cmdline").read_text(errors="replace")]  # fmt: skip
         assert len(workers) >= 2 and proc.poll() is None, "the ingest ended before its workers were seen"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        deadline = time.monotonic() + 5
-        while any(alive(w) for w in workers) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not [w for w in workers if alive(w)], "ingest workers outlived the killed ingest"
+        kill_and_check_workers_die(proc, workers, "ingest")
         # Nothing is lost: the rerun finishes the dataset, every volume matching its manifest record.
         p = run_cli([*cmd[1:], "--workers", "1", "--quiet"])
         assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.faults.faults_helpers import REPO, alive, children, cli_env
+from tests.faults.faults_helpers import REPO, alive, children, cli_env, kill_and_check_workers_die
 from tests.lawfit.lawfit_helpers import make_truth
 from voxmix.lawfit.lawsfile import Laws
 from voxmix.lawfit.simulate import default_design, simulate_runs
@@ -47,12 +47,7 @@ def test_sigkill_during_fit_keeps_the_previous_laws_file(tmp_path):
             workers = children(proc.pid)
         assert proc.poll() is None, "the fit ended before it could be killed: " + proc.stderr.read().decode()
         assert len(workers) >= 2, "the fit's worker processes were not found"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        deadline = time.monotonic() + 5
-        while any(alive(w) for w in workers) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not [w for w in workers if alive(w)], "lawfit workers outlived the killed fit"
+        kill_and_check_workers_die(proc, workers, "fit")
     finally:
         proc.kill()
         proc.wait()

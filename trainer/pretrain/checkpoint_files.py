@@ -119,15 +119,20 @@ def record(tag_dir: Path, parts: list[dict[str, dict[str, Any]]] | None = None) 
     return obj
 
 
+def _read_json(path: Path, missing: str) -> Any:
+    """The decoded JSON file; CheckpointError `missing` when it is absent, naming it when corrupt."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"--resume: {missing}") from None
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"--resume: {path} is corrupt ({type(err).__name__}: {err})") from None
+
+
 def latest_tag(ckpt_dir: Path) -> tuple[str, Path]:
     """(tag, tag_dir) named by `ckpt_dir/latest.json`, checked to be a plain folder name inside `ckpt_dir`."""
     latest = Path(ckpt_dir) / LATEST
-    try:
-        info = json.loads(latest.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CheckpointError(f"--resume: no checkpoint to resume from: {latest} does not exist") from None
-    except (OSError, ValueError) as err:
-        raise CheckpointError(f"--resume: {latest} is corrupt ({type(err).__name__}: {err})") from None
+    info = _read_json(latest, f"no checkpoint to resume from: {latest} does not exist")
     tag = info.get("tag") if isinstance(info, dict) else None
     if not isinstance(tag, str) or not TAG_RE.fullmatch(tag):
         raise CheckpointError(
@@ -145,12 +150,7 @@ def latest_tag(ckpt_dir: Path) -> tuple[str, Path]:
 
 def _read_list(tag: str, tag_dir: Path) -> dict[str, dict[str, Any]]:
     path = tag_dir / FILES
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CheckpointError(f"--resume: checkpoint {tag} is incomplete: {path} is missing") from None
-    except (OSError, ValueError) as err:
-        raise CheckpointError(f"--resume: {path} is corrupt ({type(err).__name__}: {err})") from None
+    obj = _read_json(path, f"checkpoint {tag} is incomplete: {path} is missing")
     if not isinstance(obj, dict) or "version" not in obj:
         raise CheckpointError(
             f"--resume: {path} has no 'version': checkpoint {tag} was written by an older voxmix that "
