@@ -28,12 +28,26 @@ inline double lane_sum(int64_t n, F f) {
   return s;
 }
 
+// Serial, before any worker thread starts: an exception thrown inside at::parallel_for crashed the
+// process (SIGSEGV) on a 16-core H200 host with torch 2.11's OpenMP build, so no check runs in there.
+// B*M int64 reads are negligible next to the B*M*V sweep.
+void check_indices(const at::Tensor& idx, const at::Tensor& x, int64_t pd, int64_t ph, int64_t pw) {
+  const int64_t D = x.size(2), H = x.size(3), W = x.size(4);
+  const int64_t N = (D / pd) * (H / ph) * (W / pw), M = idx.size(1);
+  const int64_t* ip = idx.const_data_ptr<int64_t>();
+  for (int64_t r = 0; r < idx.numel(); ++r) {
+    const int64_t n = ip[r];
+    TORCH_CHECK(n >= 0 && n < N, "mask_idx[", r / M, ", ", r % M, "] = ", n, " is out of range [0, ", N,
+                ") for a volume of ", D, "x", H, "x", W, " with patch ", pd, "x", ph, "x", pw);
+  }
+}
+
 template <typename xt, typename pt>
 void mae_rows(const at::Tensor& pred, const at::Tensor& x, const at::Tensor& idx, int64_t pd, int64_t ph,
               int64_t pw, bool norm_pix, double eps, at::Tensor& row_loss, at::Tensor* grad) {
   const int64_t B = x.size(0), C = x.size(1), D = x.size(2), H = x.size(3), W = x.size(4);
   const int64_t M = pred.size(1), V = pred.size(2);
-  const int64_t gh = H / ph, gw = W / pw, N = (D / pd) * gh * gw;
+  const int64_t gh = H / ph, gw = W / pw;
   const int64_t HW = H * W, DHW = D * HW;
   const xt* xp = x.const_data_ptr<xt>();
   const pt* pp = pred.const_data_ptr<pt>();
@@ -46,10 +60,8 @@ void mae_rows(const at::Tensor& pred, const at::Tensor& x, const at::Tensor& idx
   at::parallel_for(0, B * M, grain, [&](int64_t begin, int64_t end) {
     std::vector<float> t(V);
     for (int64_t r = begin; r < end; ++r) {
-      const int64_t b = r / M, m = r % M;
-      const int64_t n = ip[r];
-      TORCH_CHECK(n >= 0 && n < N, "mask_idx[", b, ", ", m, "] = ", n, " is out of range [0, ", N,
-                  ") for a volume of ", D, "x", H, "x", W, " with patch ", pd, "x", ph, "x", pw);
+      const int64_t b = r / M;
+      const int64_t n = ip[r];  // in [0, N): checked by check_indices before the parallel region
       const int64_t z = n / (gh * gw), y = (n / gw) % gh, xw = n % gw;
       int64_t k = 0;
       for (int64_t c = 0; c < C; ++c)
@@ -116,6 +128,8 @@ std::tuple<at::Tensor, at::Tensor> mae_loss_cpu(const at::Tensor& pred_in, const
               x.size(1) * pd * ph * pw);
   TORCH_CHECK(M > 0, "mask_idx selects no patches (M = 0): the loss would be a mean over nothing");
   TORCH_CHECK(!norm_pix || V > 1, "norm_pix needs patches of at least 2 voxels (unbiased variance)");
+
+  check_indices(idx, x, pd, ph, pw);
 
   auto row_loss = at::empty({B, M}, x.options().dtype(at::kFloat));
   at::Tensor grad;

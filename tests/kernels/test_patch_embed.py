@@ -43,8 +43,11 @@ def _check(shape, patch, e, dtype, device, pos=True, x_grad=True):
     grads = torch.autograd.grad(y, leaves, dy)
     refs = {}
     for ref_dtype in (torch.float32, dtype):
+        # Leaves in ref_dtype: with low-precision leaves autograd would round the fp32 reference's
+        # gradients to bf16 on the way out, and the rule's base |PyTorch in dtype - fp32| would read 0
+        # (seen on the H200: dW of magnitude ~3 then failed by one bf16 ulp against a base of 0).
         ls = [
-            t.detach().clone().requires_grad_(t.requires_grad) if t is not None else None
+            t.detach().to(ref_dtype).requires_grad_(t.requires_grad) if t is not None else None
             for t in (x, w, b, p)
         ]
         r = _conv_ref(*ls, patch, ref_dtype)

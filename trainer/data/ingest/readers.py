@@ -126,6 +126,8 @@ def _item(p: Path, base: Path, kind: str) -> Item:
 
 
 def _group_dicom(files: list[Path], base: Path) -> list[Item]:
+    if not files:  # pydicom is needed only when there are DICOM files (the GPU image lacks it)
+        return []
     import pydicom
 
     groups: dict[tuple[str, str], list[Path]] = {}
