@@ -48,13 +48,12 @@ lock:
 demo: setup
 	$(PY) scripts/demo.py
 
-# The demo, then the full downstream protocol (5 seeds, scratch control) on the seed-0 encoders: about 6
-# more minutes on 2 cores.
+# The demo, then the evaluation protocol (docs/downstream.md, "The evaluation protocol"): a positive
+# control pretrained 4x longer, probes, context tasks, label-efficiency curves and the per-domain table,
+# on the demo's final encoders (all seeds). Time on 2 cores: see docs/downstream.md.
 demo-full: setup
 	$(PY) scripts/demo.py --downstream no
-	$(PY) -m trainer.compare_encoders demo/final/final-proportional-s0/encoder.pt \
-	  demo/final/final-transfer_aware-s0/encoder.pt --names proportional,transfer_aware --config cpu_full \
-	  --seeds 5 --scratch --phantoms demo/downstream --out demo/downstream/comparison_full.json
+	$(PY) scripts/evaluate_demo.py --out demo
 
 # The same loop at a larger scale, wanted within 60 min on 2 cores (not measured yet; estimated ~35-40 min
 # with the demo's rates: 24 pilots ~8 min, fit ~5 min, 30 final runs at 2x/4x/8x ~23 min): + mri_abdomen

@@ -188,7 +188,9 @@ def main():
         # is not): without it there is no MONAI baseline to time, and the row says so.
         backends = ("voxmix", "reference", "monai") if cfg.width % 6 == 0 else ("voxmix", "reference")
         if "monai" not in backends:
-            print(f"{name}: no MONAI baseline (MaskedAutoEncoderViT needs a width divisible by 6, got {cfg.width})")
+            print(
+                f"{name}: no MONAI baseline (MaskedAutoEncoderViT needs a width divisible by 6, got {cfg.width})"
+            )
         for backend in backends:
             if backend == "monai":
                 model = monai_mae(cfg).to(device=device, dtype=dtype)

@@ -46,6 +46,9 @@ COMMANDS: dict[str, Command] = {
     "train": Command("voxmix.trainer.run", "pretrain the MAE, one process (several GPUs: deepspeed trainer/run.py)"),
     "finetune": Command("voxmix.trainer.finetune", "fine-tune an encoder on the downstream tasks"),
     "compare": Command("voxmix.trainer.compare_encoders", "compare encoders downstream over seeds"),
+    "evaluate": Command(
+        "voxmix.trainer.evaluate_encoders", "the evaluation protocol: positive control, probes, context, curves"
+    ),
 }  # fmt: skip
 
 

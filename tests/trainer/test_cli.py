@@ -27,6 +27,7 @@ DEFAULTS = {
     "train": "--seed SEED",  # every option overrides the config: nothing to show but the option
     "finetune": "decoder/head init, crops and folds (default: 0)",
     "compare": "confidence level of the intervals (default: 0.95)",
+    "evaluate": "steps per fine-tuning of the curves (0: none) (default: 100)",
     "labels": "(default: dataset.yaml next to the index)",
     "lawfit": "simulate",
 }

@@ -78,9 +78,17 @@ def evaluate_seg(net, cases: list[Case], cfg: SegConfig, img: int, device) -> di
     return {"dice": per, "dice_mean": float(np.nanmean(list(per.values()))), "val_volumes": len(cases)}
 
 
-def run_seg(blob, cfg: SegConfig, data_dir, *, seed: int, pretrained: bool, device, log=None) -> dict:
+def run_seg(blob, cfg: SegConfig, data_dir, *, seed: int, pretrained: bool, device, log=None,
+            max_train: int | None = None) -> dict:  # fmt: skip
+    """`max_train`: fine-tune on that many training volumes only, the first of a seeded order (nested:
+    the 4 of a seed are among its 8), for label-efficiency curves."""
     cases = load_cases(data_dir, cfg.domain, cfg.labels)
     train = [c for c in cases if c.split == "train"]
+    if max_train is not None:
+        if len(train) < max_train:
+            raise ValueError(f"{data_dir}: domain {cfg.domain!r} has {len(train)} labelled training volumes, "
+                             f"fewer than the {max_train} asked for")  # fmt: skip
+        train = [train[i] for i in np.random.default_rng([seed, 47]).permutation(len(train))[:max_train]]
     val = [c for c in cases if c.split == "val"]
     if not train or not val:
         raise ValueError(f"{data_dir}: domain {cfg.domain!r} needs labelled train and val volumes "
