@@ -15,6 +15,7 @@ from .errors import LawfitError
 from .forms import FORMS, get_form
 from .intervals import interval
 from .laws import D0_DEFAULT, TargetLaw, law_value_grad
+from .lawvec import LawMatrix
 
 
 @dataclass
@@ -28,6 +29,7 @@ class Laws:
     fit: dict[str, Any] = field(default_factory=dict)
     alternatives: dict[str, dict[str, TargetLaw]] = field(default_factory=dict)
     uncertainty: dict[str, Any] = field(default_factory=dict)
+    _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     # ---- prediction ---------------------------------------------------------------------------------
     @property
@@ -43,16 +45,21 @@ class Laws:
         )
 
     def value_grad(self, D: np.ndarray, targets: dict[str, TargetLaw] | None = None):
-        """Losses L (m,) at one point D (m,) and the Jacobian dL_i/dD_j (m, m)."""
-        targets = targets or self.targets
-        L, G = [], []
-        for d in self.domains:
-            v, g = law_value_grad(
-                targets[d], self.domains, np.asarray(D, dtype=np.float64)[None], self.U, self.d0
-            )
-            L.append(v[0])
-            G.append(g[0])
-        return np.array(L), np.array(G)
+        """Losses L (m,) at one point D (m,) and the Jacobian dL_i/dD_j (m, m), all targets at once
+        (lawfit/lawvec.py; the allocator calls this thousands of times)."""
+        return self._matrix(targets or self.targets).value_grad(D)
+
+    def _matrix(self, targets: dict[str, TargetLaw]) -> LawMatrix:
+        # TargetLaw is frozen: the identities of a target set's laws (kept alive in the entry, so that no id
+        # is reused), the unique data and d0 say whether the arrays still hold.
+        laws = tuple(targets[d] for d in self.domains)
+        key = (tuple(map(id, laws)), tuple(self.U), self.d0)
+        hit = self._cache.get(key)
+        if hit is None:
+            if len(self._cache) >= 8:  # the chosen laws, the no-transfer alternative, a few resamples
+                self._cache.pop(next(iter(self._cache)))
+            hit = self._cache[key] = (laws, LawMatrix(targets, self.domains, self.U, self.d0))
+        return hit[1]
 
     def bootstrap_targets(self) -> list[dict[str, TargetLaw]]:
         """The laws refitted on each bootstrap resample (empty without uncertainty)."""

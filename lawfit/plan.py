@@ -17,6 +17,7 @@ import numpy as np
 from voxmix.formats.allocation import MAX_SAMPLES
 from voxmix.formats.plan import FORMAT
 
+from .design import identifies
 from .errors import LawfitError
 
 DESIGNS = ("pairs", "random", "pairs+loo")
@@ -395,5 +396,6 @@ def make_plan(
         "pilot_fraction": pilot_fraction if pilot_samples is None else None,
         "pilot_samples": per_run * len(out_runs),
         "runs": out_runs,
+        "identifies": identifies(list(domains), [mix for role, _, mix in runs if role == "fit"]),
         "warnings": warnings,
     }
