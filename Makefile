@@ -62,6 +62,7 @@ demo-full: setup
 STUDY_DOMAINS := ct_abdomen ct_abdomen_twin ct_chest mri_abdomen mri_brain pet_wholebody
 study: setup
 	$(PY) scripts/demo.py --out study --domains $(STUDY_DOMAINS) --final-seeds 5 --scales 2,4,8 --downstream no
+	$(PY) scripts/evaluate_demo.py --out study --tag _x8 --control-scale 2
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -1,6 +1,7 @@
 """`make demo-full`'s second half: the evaluation protocol on the demo's encoders (docs/downstream.md).
 
     .venv/bin/python scripts/evaluate_demo.py [--out demo] [--control-scale 4] [--seeds 5] [--finetune-steps 100]
+    .venv/bin/python scripts/evaluate_demo.py --out study --tag _x8 --control-scale 2   # make study
 
 1. The positive control: one more encoder pretrained on the proportional mixture for `--control-scale`
    times the final runs' budget (seed 0), with `python trainer/run.py` (one process), into <out>/control.
@@ -24,6 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from voxmix.formats.allocation import read_allocation  # noqa: E402
+from voxmix.formats.manifest import read_manifest  # noqa: E402
 from voxmix.trainer import evaluate_encoders  # noqa: E402
 
 ARMS = ("proportional", "transfer_aware")
@@ -37,7 +39,7 @@ def _completed(run: Path) -> bool:
     return json.loads(last).get("status") == "completed"
 
 
-def train_control(out: Path, scale: int) -> Path:
+def train_control(out: Path, scale: int, tag: str) -> Path:
     run = out / "control"
     if _completed(run):
         print(f"control: reusing {run}", flush=True)
@@ -46,7 +48,7 @@ def train_control(out: Path, scale: int) -> Path:
         aside = run.with_name(f"control.incomplete-{int(time.time())}")
         run.rename(aside)
         print(f"control: {run} was incomplete, moved to {aside}", flush=True)
-    prop = read_allocation(out / "allocation_proportional.json")
+    prop = read_allocation(out / f"allocation_proportional{tag}.json")
     mix = ",".join(f"{d}={w}" for d, w in prop.weights.items())
     budget = scale * prop.total
     cmd = [sys.executable, str(REPO / "trainer" / "run.py"), "--config", str(REPO / "configs" / "tiny.yaml"),
@@ -71,24 +73,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--control-scale", type=int, default=4, help="control budget = this x the final budget")
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--finetune-steps", type=int, default=100)
+    p.add_argument(
+        "--tag", default="", help="the final budget's tag when there are several (make study: _x8)"
+    )
     a = p.parse_args(argv)
     out = Path(a.out).resolve()
-    finals = {arm: sorted((out / "final").glob(f"final-{arm}-s[0-9]*")) for arm in ARMS}
+    run_tag = a.tag.replace("_", "-")
+    finals = {arm: sorted((out / "final").glob(f"final-{arm}{run_tag}-s[0-9]*")) for arm in ARMS}
     missing = [arm for arm, runs in finals.items() if len(runs) < 2]
-    if missing or not (out / "allocation_proportional.json").exists():
+    if missing or not (out / f"allocation_proportional{a.tag}.json").exists():
         print(f"{out}: run `make demo` first (final runs of {missing or list(ARMS)} and the allocations are "
               "needed; >= 2 seeds per arm)", file=sys.stderr)  # fmt: skip
         return 2
     t0 = time.perf_counter()
-    control = train_control(out, a.control_scale)
+    control = train_control(out, a.control_scale, a.tag)
     ev = out / "evaluation"
     args = ["--control", str(control), "--phantoms", str(ev), "--seeds", str(a.seeds),
             "--finetune-steps", str(a.finetune_steps), "--out", str(ev / "evaluation.json"),
             "--report", str(ev / "report.md"),
-            "--allocation", f"proportional={out / 'allocation_proportional.json'}",
-            "--allocation", f"transfer_aware={out / 'allocation.json'}"]  # fmt: skip
+            "--allocation", f"proportional={out / f'allocation_proportional{a.tag}.json'}",
+            "--allocation", f"transfer_aware={out / f'allocation{a.tag}.json'}"]  # fmt: skip
     for arm, runs in finals.items():
         args += ["--arm", f"{arm}=" + ",".join(str(r) for r in runs)]
+    # The demo's own domains (make study adds mri_abdomen), every one labelled in the phantom set.
+    args += ["--domains", ",".join(read_manifest(out / "data").domains())]
     code = evaluate_encoders.main(args)
     print(f"evaluate_demo: {time.perf_counter() - t0:.0f} s in all (control included)", flush=True)
     return code

@@ -51,9 +51,10 @@ def positive_control(values: dict, level: float, alpha: float) -> dict:
     ctl, rnd = values[CONTROL], values[RANDOM]
     rows = _tests({m: (rnd[m], ctl[m]) for m in ctl if m in rnd}, level, alpha)
     won = [m for m, r in rows.items() if r["significant"] and r["mean_diff"] > 0]
+    lost = [m for m, r in rows.items() if r["significant"] and r["mean_diff"] < 0]
     probe = [m for m in won if m.startswith("anatomy/")]
     return {"tests": rows, "separated_on": won, "separated_on_probe": probe, "counts": bool(won),
-            "alpha": alpha, "family": len(rows)}  # fmt: skip
+            "random_better_on": lost, "alpha": alpha, "family": len(rows)}  # fmt: skip
 
 
 def every_task(values: dict, level: float) -> dict:
@@ -144,11 +145,15 @@ def markdown(rep: dict, names: list[str]) -> str:
     else:
         out.append(f"**Not separated** on any of {pc['family']} metrics (Holm, p_holm < {pc['alpha']}): this protocol "
                    "cannot tell a better encoder from a random one here, so the mixture comparison below does not count.")  # fmt: skip
+    if pc["random_better_on"]:
+        out += ["", f"The random encoder is better with p_holm < {pc['alpha']} on {len(pc['random_better_on'])} metrics: "
+                + ", ".join(pc["random_better_on"]) + "."]  # fmt: skip
     out += ["", "| metric | control - random | p | p_holm | |", "| --- | --- | --- | --- | --- |"]
     for m, r in pc["tests"].items():
-        out.append(
-            f"| {m} | {_diff(r)} | {r['p']:.2g} | {r['p_holm']:.2g} | {'separated' if m in pc['separated_on'] else ''} |"
+        verdict = (
+            "separated" if m in pc["separated_on"] else "random better" if m in pc["random_better_on"] else ""
         )
+        out.append(f"| {m} | {_diff(r)} | {r['p']:.2g} | {r['p_holm']:.2g} | {verdict} |")
     cols = [INTENSITY, *[n for n in names if n in (CONTROL, RANDOM)]]
     out += ["", "## 2. Every task: pretrained vs random, with the intensity baseline", "",
             "| metric | " + " | ".join(cols) + " |", "| --- |" + " --- |" * len(cols)]  # fmt: skip

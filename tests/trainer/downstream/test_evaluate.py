@@ -32,6 +32,7 @@ def test_positive_control_is_separated_only_when_it_is_better():
     assert sep["counts"] and sep["separated_on"] == ["anatomy/a/probe"] == sep["separated_on_probe"]
     worse = report.positive_control(_values(-0.05), 0.95, 0.05)
     assert not worse["counts"]  # significant, but in the random encoder's favour: not a separation
+    assert worse["random_better_on"] == ["anatomy/a/probe"]
     same = report.positive_control(_values(0.0), 0.95, 0.05)
     assert not same["counts"] and same["family"] == 2
 
