@@ -1,4 +1,4 @@
-"""Typed downstream configs and their presets (`quick`: the CPU demo; `cpu_full`: `make demo-full`; `default`: the GPU protocol)."""
+"""Typed downstream configs and their presets (`quick`: the CPU demo; `cpu_full`: the longer CPU comparison; `default`: the GPU protocol)."""
 
 from __future__ import annotations
 
@@ -170,7 +170,8 @@ PRESETS = {
         ],  # fmt: skip
         cls=[dict(domain="ct_abdomen"), dict(domain="pet_wholebody")],
     ),
-    # `make demo-full` on a 2-core CPU (~5 min calm for two encoders + scratch x 5 seeds): both domains segmented
+    # The longer 2-core CPU comparison (~5 min calm for two encoders + scratch x 5 seeds; `make demo-full` ran it
+    # until the evaluation protocol replaced it): both domains segmented
     # (the island included), probes and a short full fine-tuning.
     "cpu_full": dict(
         seg=[

@@ -18,6 +18,7 @@ from monai.inferers import sliding_window_inference
 from monai.losses import DiceCELoss
 
 from .config import ClsConfig, DownstreamConfig, SegConfig
+from .context import stratified_folds as _folds
 from .data import Case, load_cases, seg_batch, whole_volume
 from .models import ViTClassifier, build_segmenter, build_vit
 from .stats import auroc
@@ -117,17 +118,6 @@ def run_seg(blob, cfg: SegConfig, data_dir, *, seed: int, pretrained: bool, devi
     res = evaluate_seg(net, val, cfg, img, device)
     res.update(train_volumes=len(train), steps=cfg.steps, seconds=round(time.perf_counter() - t0, 2))
     return res
-
-
-def _folds(y: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """Stratified fold index of every item: each class shuffled, then dealt round-robin."""
-    fold = np.empty(len(y), dtype=np.int64)
-    offset = 0
-    for c in np.unique(y):
-        idx = rng.permutation(np.flatnonzero(y == c))
-        fold[idx] = (np.arange(len(idx)) + offset) % k
-        offset += len(idx)
-    return fold
 
 
 def fit_probe(feats: torch.Tensor, y: torch.Tensor, l2: float) -> tuple[torch.Tensor, torch.Tensor]:
