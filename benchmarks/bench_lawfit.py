@@ -12,7 +12,7 @@ selection, allocation time, the growth exponent (log-log slope of fit + CV time 
 `--baseline-max-domains` the code path before #18 timed in the same run (ratio printed). A cell projected
 (m^3 from the previous one) above `--cell-limit` seconds is skipped and says so.
 
-Profile (#18, before the change; cProfile, one process, 2-core machine shared with other jobs):
+Profile (#18, before the solver change; cProfile, one process, 2-core machine shared with other jobs):
 * Where the time goes: one `scipy.optimize.least_squares` (trf) solve per start and per CV fold, per form
   and target. m = 8: 216 solves (144 target fits: 3 forms x 8 targets x 4 starts + 5 CV folds, warm),
   12.3 s in one process (fit 8.0 s, CV 4.4 s; 5.8 s on 2 workers); per solve ~30 steps.
@@ -34,7 +34,19 @@ Profile (#18, before the change; cProfile, one process, 2-core machine shared wi
   targets: fit time ~ m^4-4.5 (issue: 8 -> 24 domains x31).
 * Allocation: SLSQP from 8 of m + 18 starts, every evaluation law by law (m Python calls each looping over
   m - 1 sources); at 32 domains one SLSQP run took 80 steps of ~8 ms.
-What changed is in docs/lawfit.md ("Many domains", "Allocation"); the measured sweep in the README / #18.
+After the trf step was replaced from 7 domains on (#18, lawfit/gn.py: Levenberg-Marquardt on the p x p
+normal equations, bounds by an active set; same machine, load 2-4):
+* One solve at 32 domains (2,560 x 66): 0.2-0.3 s in 19-33 steps vs trf 8-60 s from the same start.
+* Per target at 32 domains: a fit 0.45-0.85 s (transfer, interference), 0.1 s (no_transfer); LM solves
+  ~60% of it, and inside them `LawForm.evaluate` (law + n x p Jacobian, 1-5 ms) dominates: the
+  Jacobian is now computed only for accepted steps, and the 75 grid starts are screened by value alone.
+  m = 16, one process, everything (fit + CV, 3 forms): LM 62 s of 86 s, evaluate 34-38 s of that, J^T W J
+  and the rest of the step ~17 s, Cholesky 2 s (before the value-only screening and trial steps).
+* Sweep (--forms selection, fit + CV), same run on a nearly quiet machine: 8 / 16 / 32 domains 2.51 / 9.95
+  / 81.0 s, trf 3.84 / 13.6 / 160 s; slope 8 -> 32 2.51 (trf 2.69), 16 -> 32 3.0. What is left: the
+  law's evaluation and J^T W J (n p^2 ~ m^3 per target, m^4 in all), ~20-70 LM steps per solve on the
+  no_transfer/interference forms, and the CV refits (44% at 16 domains).
+What changed is in docs/lawfit.md ("Many domains", "Allocation", "Speed"); the measured sweep in the README / #18.
 """
 
 from __future__ import annotations
