@@ -17,6 +17,7 @@ from .forms import FORMS, LawForm
 from .intervals import INTERVALS
 from .laws import TargetLaw
 from .parallel import map_jobs
+from .starts import fill_shape_defaults
 
 BOOTSTRAP_METHODS = ("runs", "parametric")
 
@@ -195,13 +196,7 @@ def _grid_starts(form: LawForm, prob: Problem, others: list[str], ref: float) ->
         th[1] = float(np.median(np.log(y - E) + alpha * np.log(S / ref)))
         if form.transfer:
             th[lay["kappa"]] = kap
-            if form.gamma:
-                th[lay["gamma"]] = 1.0
-        if form.interference:
-            th[lay["log_dbar"]] = np.log(ref)
-        if form.repetition:
-            th[lay["log_r_star"]] = np.log(5.0)
-        starts.append(th)
+        starts.append(fill_shape_defaults(th, form, lay, ref))
     return starts
 
 

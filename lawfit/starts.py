@@ -77,6 +77,12 @@ def transfer_start(form, prob, ref: float, delta: float, solve, grid_starts) -> 
     th = np.zeros(form.n_params(m))
     th[:4] = own[:4]
     th[lay["kappa"]] = kappa_start(prob, ref, own)
+    return fill_shape_defaults(th, form, lay, ref)
+
+
+def fill_shape_defaults(th: np.ndarray, form, lay: dict, ref: float) -> np.ndarray:
+    """The neutral values every start gives the shape parameters: gamma 1 (linear transfer), the
+    interference scale at the reference data size, a repetition half-life of 5 epochs."""
     if form.gamma:
         th[lay["gamma"]] = 1.0
     if form.interference:
