@@ -21,14 +21,7 @@ import time
 from pathlib import Path
 
 from voxmix.trainer.cli import HelpFormatter, prog
-from voxmix.trainer.downstream.cli import (
-    FAILED,
-    ArgumentParser,
-    check_folder,
-    check_fraction,
-    check_out,
-    fail,
-)
+from voxmix.trainer.downstream.cli import FAILED, ArgumentParser, check_comparison, fail
 from voxmix.trainer.downstream.config import QUICK
 
 # The display name of the randomly initialized control (`--scratch`).
@@ -123,14 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     # Cheap checks first (arguments, config, encoder files, data), then the comparison.
     try:
         names = _names(a)
-        if seeds < 2:
-            raise ValueError(f"--seeds {seeds}: a paired test needs >= 2 seeds")
-        if bool(a.data) == bool(a.phantoms):
-            raise ValueError("give exactly one of --data and --phantoms")
-        check_fraction("--level", a.level)
-        check_fraction("--alpha", a.alpha)
-        check_out("--out", a.out)
-        check_folder("--data", a.data)
+        check_comparison(a, seeds)
         work = _phantom_folder(a.phantoms) if a.phantoms else None
         from voxmix.trainer.downstream.data import check_data
 

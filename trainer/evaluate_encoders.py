@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from voxmix.trainer.cli import HelpFormatter, prog
-from voxmix.trainer.downstream.cli import FAILED, ArgumentParser, check_fraction, check_out, fail
+from voxmix.trainer.downstream.cli import FAILED, ArgumentParser, check_comparison, check_out, fail
 
 # The demo's five phantom domains (trainer/study/options.py DEMO_DOMAINS), all labelled.
 PHANTOM_DOMAINS = ("ct_abdomen", "ct_abdomen_twin", "ct_chest", "mri_brain", "pet_wholebody")
@@ -77,13 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report", help="write the markdown report here (it is also printed)")
     a = p.parse_args(argv)
     try:
-        if a.seeds < 2:
-            raise ValueError(f"--seeds {a.seeds}: a paired test needs >= 2 seeds")
-        if bool(a.data) == bool(a.phantoms):
-            raise ValueError("give exactly one of --data and --phantoms")
-        check_fraction("--level", a.level)
-        check_fraction("--alpha", a.alpha)
-        check_out("--out", a.out)
+        check_comparison(a, a.seeds)
         check_out("--report", a.report)
         try:
             sizes = [int(s) for s in a.efficiency.split(",") if s]

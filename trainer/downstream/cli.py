@@ -66,3 +66,16 @@ def check_seed(flag: str, seed: int) -> None:
 def check_fraction(flag: str, value: float) -> None:
     if not (math.isfinite(value) and 0 < value < 1):
         raise ValueError(f"{flag} {value}: must lie strictly between 0 and 1")
+
+
+def check_comparison(a, seeds: int) -> None:
+    """The first checks of every seed-paired comparison command (compare_encoders, evaluate_encoders):
+    seeds, exactly one data source, the levels, the output file and the data folder."""
+    if seeds < 2:
+        raise ValueError(f"--seeds {seeds}: a paired test needs >= 2 seeds")
+    if bool(a.data) == bool(a.phantoms):
+        raise ValueError("give exactly one of --data and --phantoms")
+    check_fraction("--level", a.level)
+    check_fraction("--alpha", a.alpha)
+    check_out("--out", a.out)
+    check_folder("--data", a.data)
