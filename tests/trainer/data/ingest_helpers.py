@@ -152,3 +152,25 @@ def pet_fields(*, weight=70.0, dose=3.7e8, half_life=6586.2, start="100000", ser
         "RadiopharmaceuticalInformationSequence": Sequence([rp]),
         **more,
     }
+
+
+# F-18 injected at 10:00, series at 11:00, 80 kg: decay-corrected SUV = activity * 80000 / PET_DECAYED.
+PET_DOSE_BQ, PET_HALF_LIFE_S = 3.7e8, 6586.2
+PET_DECAYED = PET_DOSE_BQ * np.exp(-np.log(2) * 3600 / PET_HALF_LIFE_S)
+
+
+def pet_header() -> dict:
+    """The PET fields `write_dicom_series(..., pet=...)` writes for an SUV computation (dose, half-life,
+    injection and series times, weight)."""
+    from pydicom import Dataset
+    from pydicom.sequence import Sequence
+
+    rp = Dataset()
+    rp.RadionuclideTotalDose = PET_DOSE_BQ
+    rp.RadionuclideHalfLife = PET_HALF_LIFE_S
+    rp.RadiopharmaceuticalStartTime = "100000"
+    return {
+        "PatientWeight": 80,
+        "SeriesTime": "110000",
+        "RadiopharmaceuticalInformationSequence": Sequence([rp]),
+    }

@@ -11,7 +11,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from tests.trainer.data.ingest_helpers import phantom_hu, write_dicom_series, write_itk, write_nifti
+from tests.trainer.data.ingest_helpers import (
+    PET_DECAYED,
+    pet_header,
+    phantom_hu,
+    write_dicom_series,
+    write_itk,
+    write_nifti,
+)
 from voxmix.formats.manifest import read_manifest
 from voxmix.trainer.data.ingest import SpecError, ingest, load_spec
 from voxmix.trainer.data.ingest.pipeline import split_of
@@ -113,23 +120,12 @@ def test_real_mri_template_and_nibabel_images(tmp_path):
 
 
 def test_pydicom_multiframe_and_pet_suv(tmp_path):
-    from pydicom import Dataset
     from pydicom.data import get_testdata_file
-    from pydicom.sequence import Sequence
 
     shutil.copy(get_testdata_file("rtdose.dcm"), tmp_path / "rtdose.dcm")  # real multi-frame (15 frames)
     hu = phantom_hu(shape=(30, 28, 20))
-    rp = Dataset()
-    rp.RadionuclideTotalDose = 3.7e8  # Bq
-    rp.RadionuclideHalfLife = 6586.2  # F-18, s
-    rp.RadiopharmaceuticalStartTime = "100000"
-    pet = {
-        "PatientWeight": 80,
-        "SeriesTime": "110000",
-        "RadiopharmaceuticalInformationSequence": Sequence([rp]),
-    }
     activity = np.where(hu > -500, 4000.0, 0.0)  # Bq/ml inside the body, 0 outside
-    write_dicom_series(tmp_path / "pet", activity, modality="PT", pet=pet)
+    write_dicom_series(tmp_path / "pet", activity, modality="PT", pet=pet_header())
     spec = _spec(
         tmp_path,
         "domains:\n"
@@ -143,8 +139,7 @@ def test_pydicom_multiframe_and_pet_suv(tmp_path):
     assert dose.shape == (10, 10, 15) and dose.spacing == (10.0, 10.0, 5.0)
     (p,) = m.select("pet")
     assert p.stats["suv"] is True
-    decayed = 3.7e8 * np.exp(-np.log(2) * 3600 / 6586.2)
-    suv = 4000.0 * 80000 / decayed
+    suv = 4000.0 * 80000 / PET_DECAYED
     x = np.load(m.abspath(p)).astype(np.float32)
     assert x.max() == pytest.approx(suv / 10, rel=2e-3)
 

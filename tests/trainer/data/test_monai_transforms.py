@@ -9,10 +9,8 @@ import pytest
 import torch
 from monai.data import MetaTensor
 from monai.transforms import LoadImage
-from pydicom import Dataset
-from pydicom.sequence import Sequence
 
-from tests.trainer.data.ingest_helpers import phantom_hu, write_dicom_series, write_nifti
+from tests.trainer.data.ingest_helpers import pet_header, phantom_hu, write_dicom_series, write_nifti
 from voxmix.formats.manifest import read_manifest
 from voxmix.trainer.data.ingest import SpecError, ingest, load_spec
 from voxmix.trainer.data.ingest.monai_transforms import domain_spec, ingest_transforms
@@ -49,19 +47,10 @@ def _permuted_affine() -> np.ndarray:
 
 
 def _pet_series(folder: Path) -> None:
-    rp = Dataset()
-    rp.RadionuclideTotalDose = 3.7e8  # Bq
-    rp.RadionuclideHalfLife = 6586.2  # F-18, s
-    rp.RadiopharmaceuticalStartTime = "100000"
-    pet = {
-        "PatientWeight": 80,
-        "SeriesTime": "110000",
-        "RadiopharmaceuticalInformationSequence": Sequence([rp]),
-    }
     hu = phantom_hu(shape=(30, 28, 20))
     activity = np.where(hu > -500, 4000.0, 0.0) + np.where(hu > 500, 30000.0, 0.0)  # body, hot rod
     # InstanceNumber in slice order: MONAI's PydicomReader stacks by it (ingest by position; docs/data.md).
-    write_dicom_series(folder, activity, modality="PT", pet=pet, shuffle=False)
+    write_dicom_series(folder, activity, modality="PT", pet=pet_header(), shuffle=False)
 
 
 @pytest.fixture(scope="module")
@@ -129,16 +118,7 @@ def test_domain_is_checked(ingested):
 
 def test_pet_decay_correction_none_is_refused(tmp_path):
     """Decay Correction NONE: ingest corrects each slice by its own time; the chain says it cannot."""
-    rp = Dataset()
-    rp.RadionuclideTotalDose, rp.RadionuclideHalfLife = 3.7e8, 6586.2
-    rp.RadiopharmaceuticalStartTime = "100000"
-    pet = {
-        "PatientWeight": 80,
-        "SeriesTime": "110000",
-        "AcquisitionTime": "110000",
-        "DecayCorrection": "NONE",
-        "RadiopharmaceuticalInformationSequence": Sequence([rp]),
-    }
+    pet = {**pet_header(), "AcquisitionTime": "110000", "DecayCorrection": "NONE"}
     write_dicom_series(tmp_path / "pet", np.full((8, 6, 3), 1000.0), modality="PT", pet=pet)
     settings = {"modality": "PET", "spacing": None}
     with pytest.raises(RuntimeError) as info:  # MONAI wraps a transform's error in "applying transform"
