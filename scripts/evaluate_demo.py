@@ -1,12 +1,16 @@
 """`make demo-full`'s second half: the evaluation protocol on the demo's encoders (docs/downstream.md).
 
-    .venv/bin/python scripts/evaluate_demo.py [--out demo] [--control-scale 4] [--seeds 5] [--finetune-steps 100]
+    .venv/bin/python scripts/evaluate_demo.py [--out demo] [--target-scale 2] [--control-scale 4] [--seeds 5]
+                                              [--finetune-steps 100]
     .venv/bin/python scripts/evaluate_demo.py --out study --tag _x8 --control-scale 2   # make study
 
-1. The positive control: one more encoder pretrained on the proportional mixture for `--control-scale`
-   times the final runs' budget (seed 0), with `python trainer/run.py` (one process), into <out>/control.
-   A completed control is reused; an incomplete folder is moved aside (never deleted) and run anew.
-2. `python -m trainer.evaluate_encoders` with that control, the proportional and transfer-aware final
+1. The positive control (round 2, docs/downstream.md): per domain, an encoder pretrained on that domain
+   alone for `--target-scale` times the final runs' whole budget (seed 0), into <out>/controls/<domain>.
+   Round 1's control, pretrained on the proportional mixture for `--control-scale` times the final
+   budget into <out>/control, is evaluated too as `control_mix` (reported, not the decision).
+   Each with `python trainer/run.py` (one process). A completed run is reused; an incomplete folder is
+   moved aside (never deleted) and run anew.
+2. `python -m trainer.evaluate_encoders` with those controls, the proportional and transfer-aware final
    encoders (one per seed) as the two arms and their allocations, on a labelled phantom set of the demo's
    domains made in <out>/evaluation; the report goes to <out>/evaluation/report.md and evaluation.json.
 """
@@ -39,38 +43,46 @@ def _completed(run: Path) -> bool:
     return json.loads(last).get("status") == "completed"
 
 
-def train_control(out: Path, scale: int, tag: str) -> Path:
-    run = out / "control"
+def _train(run: Path, out: Path, mix: str, budget: int, run_id: str, what: str) -> Path:
     if _completed(run):
         print(f"control: reusing {run}", flush=True)
         return run
     if run.exists():
-        aside = run.with_name(f"control.incomplete-{int(time.time())}")
+        aside = run.with_name(f"{run.name}.incomplete-{int(time.time())}")
         run.rename(aside)
         print(f"control: {run} was incomplete, moved to {aside}", flush=True)
-    prop = read_allocation(out / f"allocation_proportional{tag}.json")
-    mix = ",".join(f"{d}={w}" for d, w in prop.weights.items())
-    budget = scale * prop.total
     cmd = [sys.executable, str(REPO / "trainer" / "run.py"), "--config", str(REPO / "configs" / "tiny.yaml"),
            "--manifest", str(out / "data" / "manifest.jsonl"), "--mixture", mix, "--budget-samples", str(budget),
-           "--eval-at", str(budget), "--seed", "0", "--run-id", f"control-x{scale}", "--out", str(run),
+           "--eval-at", str(budget), "--seed", "0", "--run-id", run_id, "--out", str(run),
            "--set", "eval.crops_per_domain=32", "--set", "data.num_threads=1"]  # fmt: skip
     # One OpenMP thread: with two, a second busy process makes both spin (measured 4 vs 120 samples/s).
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    print(
-        f"control: {budget} samples ({scale}x the final budget) on the proportional mixture -> {run}",
-        flush=True,
-    )
+    print(f"control: {budget} samples on {what} -> {run}", flush=True)
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, env=env, cwd=REPO)
     print(f"control: trained in {time.perf_counter() - t0:.0f} s", flush=True)
     return run
 
 
+def train_controls(out: Path, scale: int, target_scale: int, tag: str) -> tuple[Path, dict[str, Path]]:
+    """(round 1's mixture control, {domain: target-domain control})."""
+    prop = read_allocation(out / f"allocation_proportional{tag}.json")
+    mix = ",".join(f"{d}={w}" for d, w in prop.weights.items())
+    mixed = _train(out / "control", out, mix, scale * prop.total, f"control-x{scale}",
+                   f"the proportional mixture ({scale}x the final budget)")  # fmt: skip
+    budget = target_scale * prop.total
+    targets = {d: _train(out / "controls" / d, out, f"{d}=1", budget, f"control-{d}-x{target_scale}",
+                         f"{d} alone ({target_scale}x the final budget)") for d in prop.weights}  # fmt: skip
+    return mixed, targets
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="demo", help="the demo's folder (scripts/demo.py --out)")
-    p.add_argument("--control-scale", type=int, default=4, help="control budget = this x the final budget")
+    p.add_argument(
+        "--target-scale", type=int, default=2, help="each target-domain control: this x the final budget"
+    )
+    p.add_argument("--control-scale", type=int, default=4, help="mixture control: this x the final budget")
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--finetune-steps", type=int, default=100)
     p.add_argument(
@@ -86,9 +98,10 @@ def main(argv: list[str] | None = None) -> int:
               "needed; >= 2 seeds per arm)", file=sys.stderr)  # fmt: skip
         return 2
     t0 = time.perf_counter()
-    control = train_control(out, a.control_scale, a.tag)
+    mixed, targets = train_controls(out, a.control_scale, a.target_scale, a.tag)
     ev = out / "evaluation"
-    args = ["--control", str(control), "--phantoms", str(ev), "--seeds", str(a.seeds),
+    control = ",".join(f"{d}={run}" for d, run in targets.items())
+    args = ["--control", control, "--encoder", f"control_mix={mixed}", "--phantoms", str(ev), "--seeds", str(a.seeds),
             "--finetune-steps", str(a.finetune_steps), "--out", str(ev / "evaluation.json"),
             "--report", str(ev / "report.md"),
             "--allocation", f"proportional={out / f'allocation_proportional{a.tag}.json'}",

@@ -6,8 +6,9 @@
         [--seeds 5] [--efficiency 4,8,16] [--finetune-steps 100] [--out evaluation.json] [--report evaluation.md]
 
 `--control` is the positive control: an encoder better by construction (e.g. pretrained several times
-longer) that the protocol must separate from a random encoder of its architecture before any mixture
-comparison counts. Each `--arm` is one mixture with one encoder per pretraining seed (arms pair by
+longer, or on the target domain itself: `--control ct_abdomen=runs/c-ct,pet_wholebody=runs/c-pet,...`, one
+encoder per probed domain) that the protocol must separate from a random encoder of its architecture
+before any mixture comparison counts. `--encoder NAME=ENC` adds an encoder that is only reported. Each `--arm` is one mixture with one encoder per pretraining seed (arms pair by
 position); with two arms and their `--allocation` files the report ends with the per-domain table.
 Encoders are run folders or encoder files. Exit 0 done, 2 bad input or usage (named), 1 failed while running.
 """
@@ -37,6 +38,20 @@ def _pairs(flag: str, items: list[str]) -> dict[str, list[str]]:
     return out
 
 
+def _per_domain(control: str) -> dict[str, str]:
+    """`--control DOMAIN=ENC[,...]` -> {domain: path}; a plain path -> {} (one control for every domain)."""
+    items = [it for it in control.split(",") if it]
+    if not any("=" in it for it in items):
+        return {}
+    out = {}
+    for it in items:
+        d, sep, path = it.partition("=")
+        if not sep or not d.strip() or not path.strip() or d in out:
+            raise ValueError(f"--control {it!r}: expected DOMAIN=ENC, each domain once (or one plain ENC)")
+        out[d] = path
+    return out
+
+
 def _shares(path: str) -> dict[str, float]:
     from voxmix.formats.allocation import read_allocation
 
@@ -47,7 +62,12 @@ def _shares(path: str) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     p = ArgumentParser(prog=prog("python -m trainer.evaluate_encoders"), description=__doc__,
                        formatter_class=HelpFormatter)  # fmt: skip
-    p.add_argument("--control", required=True, help="the positive control's run folder or encoder file")
+    p.add_argument(
+        "--control",
+        required=True,
+        help="the positive control's run folder or encoder file, or DOMAIN=ENC[,DOMAIN=ENC...]: one per domain",
+    )
+    p.add_argument("--encoder", action="append", default=[], help="NAME=ENC: one more encoder, reported only")
     p.add_argument(
         "--arm", action="append", default=[], help="NAME=ENC[,ENC...]: one mixture, one encoder per seed"
     )
@@ -99,7 +119,17 @@ def main(argv: list[str] | None = None) -> int:
                          efficiency=sizes, finetune_steps=a.finetune_steps, threads=a.threads)  # fmt: skip
         from voxmix.formats.encoder import read_encoder
 
-        paths = {"control": a.control, **{f"{n}-s{i}": e for n, es in arms.items() for i, e in enumerate(es)}}
+        per_domain = _per_domain(a.control)
+        extra = _pairs("--encoder", a.encoder)
+        if taken := set(extra) & {f"{n}-s{i}" for n, es in arms.items() for i in range(len(es))}:
+            raise ValueError(f"--encoder names {sorted(taken)} are taken by arm encoders")
+        paths = {**({f"control@{d}": e for d, e in per_domain.items()} if per_domain else {"control": a.control}),
+                 **{n: e[0] for n, e in extra.items()},
+                 **{f"{n}-s{i}": e for n, es in arms.items() for i, e in enumerate(es)}}  # fmt: skip
+        if per_domain and domains and (lack := [d for d in domains if d not in per_domain]):
+            raise ValueError(
+                f"--control: no control for the probed domains {lack} (give DOMAIN=ENC for each)"
+            )
         blobs, bad = {}, []
         for n, e in paths.items():
             try:
@@ -120,11 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     from voxmix.trainer.downstream import report
     from voxmix.trainer.downstream.evaluate import config_json, evaluate
 
-    encoders = {
-        "control": blobs["control"],
-        "random": None,
-        **{n: b for n, b in blobs.items() if n != "control"},
-    }
+    control = {d: blobs[f"control@{d}"] for d in per_domain} if per_domain else blobs["control"]
+    encoders = {"control": control, "random": None,
+                **{n: b for n, b in blobs.items() if not n.startswith("control")}}  # fmt: skip
     groups = {n: [f"{n}-s{i}" for i in range(len(es))] for n, es in arms.items()}
     t0 = time.perf_counter()
     try:
@@ -133,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as exc:
         return fail(exc, FAILED)
     seconds = round(time.perf_counter() - t0, 1)
-    text = report.markdown(rep, list(encoders)) + f"\n({a.seeds} seeds, {seconds} s)\n"
+    text = report.markdown(rep, ["control", "random", *extra]) + f"\n({a.seeds} seeds, {seconds} s)\n"
     print(text)
     rep.update(encoders=paths, groups=groups, seeds=a.seeds, config=config_json(cfg), seconds=seconds,
                values=values, data=str(data))  # fmt: skip

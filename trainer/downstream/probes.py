@@ -70,15 +70,31 @@ def patch_stats(images: np.ndarray, p: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def encoder_tokens(vit, images: np.ndarray, device, batch: int = 16) -> np.ndarray:
-    """Final (normed) tokens of a frozen MONAI ViT: (N, 1, D, H, W) -> (N, T, width) float32."""
+def encoder_tokens(vit, images: np.ndarray, device, batch: int = 16, layers: bool = False):
+    """Final (normed) tokens of a frozen MONAI ViT: (N, 1, D, H, W) -> (N, T, width) float32.
+
+    With `layers`, also every layer's tokens: the patch embedding's output (position included) and each
+    block's output, concatenated -> (N, T, (depth + 1) * width). The last MAE encoder layer is shaped by
+    what its decoder needs; earlier layers can hold what the probe asks for (docs/downstream.md, round 2)."""
     vit = vit.to(device).eval()
-    out = []
+    out, every = [], []
     for i in range(0, len(images), batch):
         x = torch.from_numpy(images[i : i + batch]).to(device)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            tokens, _ = vit(x)
+            if layers:
+                # MONAI ViT.forward, unrolled to keep the embedding (no cls token: classification=False).
+                h = vit.patch_embedding(x)
+                hidden = [h]
+                for blk in vit.blocks:
+                    h = blk(h)
+                    hidden.append(h)
+                tokens = vit.norm(h)
+                every.append(torch.cat(hidden, dim=-1).float().cpu().numpy())
+            else:
+                tokens, _ = vit(x)
         out.append(tokens.float().cpu().numpy())
+    if layers:
+        return np.concatenate(out), np.concatenate(every)
     return np.concatenate(out)
 
 

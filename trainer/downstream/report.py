@@ -52,7 +52,7 @@ def positive_control(values: dict, level: float, alpha: float) -> dict:
     rows = _tests({m: (rnd[m], ctl[m]) for m in ctl if m in rnd}, level, alpha)
     won = [m for m, r in rows.items() if r["significant"] and r["mean_diff"] > 0]
     lost = [m for m, r in rows.items() if r["significant"] and r["mean_diff"] < 0]
-    probe = [m for m in won if m.startswith("anatomy/")]
+    probe = [m for m in won if m.startswith(("anatomy/", "side/"))]
     return {"tests": rows, "separated_on": won, "separated_on_probe": probe, "counts": bool(won),
             "random_better_on": lost, "alpha": alpha, "family": len(rows)}  # fmt: skip
 
@@ -91,8 +91,10 @@ def per_domain(mix: dict, shares: dict[str, dict[str, float]], metric: str = "pr
         if t is None:
             continue
         knn = mix["tests"].get(f"anatomy/{d}/knn", {})
+        every = mix["tests"].get(f"anatomy/{d}/{metric}_all", {})
         rows.append({"domain": d, "share_" + base: shares[base][d], "share_" + other: shares[other].get(d, 0.0),
-                     "shift": shares[other].get(d, 0.0) - shares[base][d], "delta": t, "delta_knn": knn})  # fmt: skip
+                     "shift": shares[other].get(d, 0.0) - shares[base][d], "delta": t, "delta_knn": knn,
+                     "delta_all": every})  # fmt: skip
     shift = np.array([r["shift"] for r in rows])
     delta = np.array([r["delta"]["mean_diff"] for r in rows])
     summary = {"domains": len(rows)}
@@ -137,7 +139,7 @@ def _diff(r: dict) -> str:
 
 def markdown(rep: dict, names: list[str]) -> str:
     pc = rep["positive_control"]
-    out = ["## 1. Positive control: control (pretrained longer) vs a random encoder", ""]
+    out = ["## 1. Positive control: control (better by construction) vs a random encoder", ""]
     if pc["counts"]:
         out.append(f"**Separated** on {len(pc['separated_on'])} of {pc['family']} metrics (paired t over seeds, "
                    f"Holm over the {pc['family']}, p_holm < {pc['alpha']}), {len(pc['separated_on_probe'])} of them "
@@ -154,7 +156,7 @@ def markdown(rep: dict, names: list[str]) -> str:
             "separated" if m in pc["separated_on"] else "random better" if m in pc["random_better_on"] else ""
         )
         out.append(f"| {m} | {_diff(r)} | {r['p']:.2g} | {r['p_holm']:.2g} | {verdict} |")
-    cols = [INTENSITY, *[n for n in names if n in (CONTROL, RANDOM)]]
+    cols = [INTENSITY, *names]  # the single encoders (control, random, any reported one), not the arms
     out += ["", "## 2. Every task: pretrained vs random, with the intensity baseline", "",
             "| metric | " + " | ".join(cols) + " |", "| --- |" + " --- |" * len(cols)]  # fmt: skip
     for m, row in rep["tasks"].items():
@@ -186,11 +188,13 @@ def markdown(rep: dict, names: list[str]) -> str:
         pd_, mx = rep["per_domain"], rep["mixtures"]
         b, o = mx["base"], mx["other"]
         out += ["", "## 5. Per domain: does a domain the optimized mix favours gain downstream?", "",
-                f"| domain | share {b} | share {o} | shift | Δ token probe | Δ kNN |", "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+                f"| domain | share {b} | share {o} | shift | Δ token probe | Δ kNN | Δ probe, every layer |",
+                "| --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
         for r in pd_["rows"]:
             knn = _diff(r["delta_knn"]) if r["delta_knn"] else "-"
+            every = _diff(r["delta_all"]) if r.get("delta_all") else "-"
             out.append(f"| {r['domain']} | {r['share_' + b]:.3f} | {r['share_' + o]:.3f} | {r['shift']:+.3f} | "
-                       f"{_diff(r['delta'])} | {knn} |")  # fmt: skip
+                       f"{_diff(r['delta'])} | {knn} | {every} |")  # fmt: skip
         s = pd_["summary"]
         if "spearman" in s:
             out += ["", f"Across the {s['domains']} domains: Spearman rho(shift, Δ probe) = {s['spearman']:+.2f} "

@@ -111,3 +111,36 @@ def test_evaluate_encoders_end_to_end(phantom_data, tmp_path, capsys):
     assert text.startswith("## 1. Positive control") and "## 5. Per domain" in text
     assert [r["domain"] for r in rep["per_domain"]["rows"]] == ["ct_abdomen"]
     assert rep["per_domain"]["rows"][0]["shift"] == pytest.approx(0.3)
+
+
+def test_target_domain_controls_and_reported_encoders(phantom_data, tmp_path, capsys):
+    """`--control DOMAIN=ENC,...` scores each domain with its own control: on each domain the control's
+    values equal those of the same encoder given once more as a reported `--encoder` (same seeds, crops)."""
+    a, b = (make_encoder(tmp_path / f"{n}.pt", seed=s) for s, n in ((7, "a"), (8, "b")))
+    out = tmp_path / "ev.json"
+    common = ["--data", str(phantom_data), "--domains", "ct_abdomen,pet_wholebody", "--seeds", "2",
+              "--efficiency", "2", "--finetune-steps", "0"]  # fmt: skip
+    assert evaluate_encoders.main(["--control", f"ct_abdomen={a}", *common]) == 2
+    assert "no control for the probed domains ['pet_wholebody']" in capsys.readouterr().err
+    code = evaluate_encoders.main([
+        "--control", f"ct_abdomen={a},pet_wholebody={b}", "--encoder", f"enc_a={a}", "--encoder", f"enc_b={b}",
+        *common, "--out", str(out),
+    ])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    rep = json.loads(out.read_text())
+    vals, n_metrics = rep["values"], 0
+    for d, twin in (("ct_abdomen", "enc_a"), ("pet_wholebody", "enc_b")):
+        mine = {m: v for m, v in vals["control"].items() if f"/{d}/" in m}
+        # (the label-efficiency curves are only for the control and random)
+        assert all("_n" in m for m in set(mine) - set(vals[twin]))
+        assert mine and all(vals[twin][m] == v for m, v in mine.items() if "_n" not in m)
+        other = "enc_b" if twin == "enc_a" else "enc_a"
+        assert vals[other]["anatomy/" + d + "/probe_all"] != mine["anatomy/" + d + "/probe_all"]
+        n_metrics += len(mine)
+    assert n_metrics == len(vals["control"])
+    # Round 2's readouts: every layer for the encoders; the side task where it runs, baseline beside it.
+    for m in ("anatomy/ct_abdomen/probe_all", "anatomy/ct_abdomen/knn_all", "side/ct_abdomen/probe_all"):
+        assert m in vals["random"] and m not in vals[INTENSITY]
+    assert "side/ct_abdomen/probe" in vals[INTENSITY]
+    assert all(0 <= x <= 1 for v in vals["control"].values() for x in v)
+    assert "| metric | intensity | control | random | enc_a | enc_b |" in capsys.readouterr().out
