@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
 
     control = {d: blobs[f"control@{d}"] for d in per_domain} if per_domain else blobs["control"]
     encoders = {"control": control, "random": None,
-                **{n: b for n, b in blobs.items() if not n.startswith("control")}}  # fmt: skip
+                **{n: b for n, b in blobs.items() if n != "control" and not n.startswith("control@")}}  # fmt: skip
     groups = {n: [f"{n}-s{i}" for i in range(len(es))] for n, es in arms.items()}
     t0 = time.perf_counter()
     try:

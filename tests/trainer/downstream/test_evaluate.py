@@ -123,18 +123,18 @@ def test_target_domain_controls_and_reported_encoders(phantom_data, tmp_path, ca
     assert evaluate_encoders.main(["--control", f"ct_abdomen={a}", *common]) == 2
     assert "no control for the probed domains ['pet_wholebody']" in capsys.readouterr().err
     code = evaluate_encoders.main([
-        "--control", f"ct_abdomen={a},pet_wholebody={b}", "--encoder", f"enc_a={a}", "--encoder", f"enc_b={b}",
+        "--control", f"ct_abdomen={a},pet_wholebody={b}", "--encoder", f"control_mix={a}", "--encoder", f"enc_b={b}",
         *common, "--out", str(out),
     ])  # fmt: skip
     assert code == 0, capsys.readouterr().err
     rep = json.loads(out.read_text())
     vals, n_metrics = rep["values"], 0
-    for d, twin in (("ct_abdomen", "enc_a"), ("pet_wholebody", "enc_b")):
+    for d, twin in (("ct_abdomen", "control_mix"), ("pet_wholebody", "enc_b")):
         mine = {m: v for m, v in vals["control"].items() if f"/{d}/" in m}
         # (the label-efficiency curves are only for the control and random)
         assert all("_n" in m for m in set(mine) - set(vals[twin]))
         assert mine and all(vals[twin][m] == v for m, v in mine.items() if "_n" not in m)
-        other = "enc_b" if twin == "enc_a" else "enc_a"
+        other = "enc_b" if twin == "control_mix" else "control_mix"
         assert vals[other]["anatomy/" + d + "/probe_all"] != mine["anatomy/" + d + "/probe_all"]
         n_metrics += len(mine)
     assert n_metrics == len(vals["control"])
@@ -143,4 +143,4 @@ def test_target_domain_controls_and_reported_encoders(phantom_data, tmp_path, ca
         assert m in vals["random"] and m not in vals[INTENSITY]
     assert "side/ct_abdomen/probe" in vals[INTENSITY]
     assert all(0 <= x <= 1 for v in vals["control"].values() for x in v)
-    assert "| metric | intensity | control | random | enc_a | enc_b |" in capsys.readouterr().out
+    assert "| metric | intensity | control | random | control_mix | enc_b |" in capsys.readouterr().out
