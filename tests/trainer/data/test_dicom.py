@@ -19,8 +19,9 @@ from tests.trainer.data.ingest_helpers import (
     write_dicom_series,
     write_dicom_slices,
 )
-from voxmix.trainer.data.ingest.dicom import decay_correction, read_series, suv_bw
+from voxmix.trainer.data.ingest.dicom import read_series
 from voxmix.trainer.data.ingest.readers import IngestFailure, discover, read_item
+from voxmix.trainer.data.ingest.suv import decay_correction, suv_bw
 
 F18 = 6586.2  # s
 LAM = math.log(2) / F18

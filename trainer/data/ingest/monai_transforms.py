@@ -8,7 +8,7 @@ The chain per modality (preprocess.py is the definition; a test checks that both
     LoadImaged -> Orientationd(RAS) -> ResampleToSpacingd (when the spec has a spacing) ->
     CT:  CropForegroundd(HU > -500, margin) -> ScaleIntensityRanged(window -> [0, 1], clip)
     MRI: RelativeForegroundd -> CropForegroundd(that mask, margin) -> ForegroundPercentileScaled
-    PET: PETNormalized: SUV (DICOM metadata, ingest's own dicom.suv_bw) -> CropForegroundd(SUV > 0.1)
+    PET: PETNormalized: SUV (DICOM metadata, ingest's own suv.suv_bw) -> CropForegroundd(SUV > 0.1)
          -> ScaleIntensityRanged([0, suv_max] -> [0, 1]); without SUV metadata the MRI chain
     -> CastToTyped(spec dtype)
 
@@ -178,14 +178,15 @@ def _name(img) -> str:
 
 
 def dicom_suv_factor(path: str | os.PathLike) -> float | None:
-    """Ingest's body-weight SUV factor (dicom.suv_bw, Decay Correction included) of a DICOM file or a
+    """Ingest's body-weight SUV factor (suv.suv_bw, Decay Correction included) of a DICOM file or a
     folder holding one series; None for other files or incomplete metadata (PET then uses percentiles).
 
     Raises ValueError for Decay Correction NONE: ingest then scales each slice by its own decay before
     resampling, which this chain does not reproduce."""
     import pydicom
 
-    from .dicom import SLICE_TAGS, header_text, suv_bw
+    from .dicom import SLICE_TAGS, header_text
+    from .suv import suv_bw
 
     p = Path(path)
     if p.name.lower().endswith((".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")):
