@@ -46,6 +46,38 @@ normal equations, bounds by an active set; same machine, load 2-4):
   / 81.0 s, trf 3.84 / 13.6 / 160 s; slope 8 -> 32 2.51 (trf 2.69), 16 -> 32 3.0. What is left: the
   law's evaluation and J^T W J (n p^2 ~ m^3 per target, m^4 in all), ~20-70 LM steps per solve on the
   no_transfer/interference forms, and the CV refits (44% at 16 domains).
+Second round (#18; one process pinned to one core, OMP/OPENBLAS 1 thread, load 1.7-3 from other jobs):
+* m = 16, fit + CV of the 3 default forms, cProfile: 26.7 s. `LawForm.evaluate` 14.3 s (54,000 calls,
+  0.26 ms each), `solve_bounded`'s own lines 5.4 s (J^T W J, bookkeeping), the two triangular solves and
+  the Cholesky 2.1 s. Steps per solve: no_transfer 48-59 (4 parameters), interference 37-51, transfer
+  19-26; CV refits (warm) as many as cold fits. 661 solves: fit 324, CV 337 (escapes included).
+* Why that many steps: the IRLS weights min(1, delta/|r|) as curvature. With 30-40% of the points
+  beyond delta (1% noise), the model is twice as curved as the loss along the outliers' directions and
+  the decrease only halves per step: 81 steps for a no_transfer refit at 16 domains, 12 with the Huber
+  loss's own curvature (0 beyond delta). That curvature from the first step, though, sent the
+  interference form (k and rho trade off per source: many local optima) to worse optima on 6 of 32
+  targets at 32 domains; IRLS until the relative decrease falls below 1e-4, then the Huber curvature,
+  reaches every optimum the first round reached (at 32 domains all 96 fits and 480 CV refits of the 3
+  forms equal or lower, 1e-7 relative).
+* The law's evaluation at 32 domains (transfer form, 2,560 points x 66 parameters): 5.8 ms for value +
+  Jacobian. The n x m exp is 0.55-0.8 ms (NumPy has no AVX2 float64 exp; this CPU has no AVX-512); a
+  fresh (n, m) temporary costs more than the arithmetic (`ref * np.exp(x)` 1.55 ms, the same in place
+  0.54 ms: page faults of freshly mapped memory); the F-ordered D_oth slice slowed the Jacobian's
+  assembly; log(f/R) was recomputed every call. `LawForm.at` (prepared once per solve): value 0.86 ms,
+  the Jacobian at the point just evaluated +0.3 ms; interference 0.15 + 0.3 ms (gamma = 1: no exp).
+* Step bookkeeping: np.linalg.solve (LU) twice per trial step -> one `cho_factor`/`cho_solve`; J^T W J
+  over the quadratic rows only.
+* After: m = 16 one process 27.4 -> 10.5 s; m = 32 one process 260 -> 56 s (fit 29 s, CV 27 s; first
+  round's code on the same core minutes before: 147 + 113 s). Steps per solve at 16 domains 10-25.
+* Bootstrap (runs resampled, transfer form, warm refits, one process, load 5-6): 54 ms per target refit
+  at 16 domains, 148 ms at 32; of it the solves 56%, the escape probes 28%, the escape checks 9%.
+* `transfer_lowrank` (one joint problem): 28.5 s fit + CV at 8 domains by trf on the dense (n x 6m)
+  Jacobian; from 7 domains on now `solve_bounded` with J^T W J assembled target by target: 2.9 s at 8,
+  14.8 s at 16, not finished in 12.6 min at 32 (load 4.8-7.2; not profiled there).
+* Sweep after the second round (2 workers, load 3.5-5.6 throughout: the lead's jobs): selection 4.53 /
+  9.17 / 54.7 s at 8 / 16 / 32 (first round, back to back: 6.69 / 35.9 s, 32 skipped by the cell
+  limit), slope 1.80; a second 32-domain call 72.1 s, its `--sweep-bootstrap 200` 1008 s.
+  `--sweep-bootstrap N` times N resamples of the selected form at every m.
 What changed is in docs/lawfit.md ("Many domains", "Allocation", "Speed"); the measured sweep in the README / #18.
 """
 
@@ -127,6 +159,10 @@ def main() -> None:
         "--cell-limit", type=float, default=240.0, help="skip a sweep cell projected above this (s)"
     )
     ap.add_argument("--baseline-max-domains", type=int, default=8, help="pre-#18 path timed up to this many")
+    ap.add_argument(
+        "--sweep-bootstrap", type=int, default=0,
+        help="sweep: also time this many bootstrap resamples of the selected form at every m (0: none)",
+    )  # fmt: skip
     a = ap.parse_args()
     if a.sweep_domains:
         sweep(a)
@@ -298,6 +334,10 @@ def sweep(a) -> None:
                 _, t_alloc = timed(lambda laws=laws: allocate(laws, Budget(samples=10**6), max_epochs=4.0))
                 times[f].append(t_fit)
                 row.update(fit_cv_s=t_fit, allocate_s=t_alloc, chosen=chosen)
+                if f == "selection" and a.sweep_bootstrap:
+                    bcfg = FitConfig(bootstrap=a.sweep_bootstrap, progress=False)
+                    _, t_boot = timed(lambda ds=ds, ff=fits[chosen], c=bcfg: bootstrap(ds, ff, c))
+                    row.update(bootstrap=a.sweep_bootstrap, bootstrap_s=t_boot)
                 if f == "selection" and m <= a.baseline_max_domains:
                     with _Baseline():
                         t_old, _, _ = _time_form(ds, None)
@@ -330,6 +370,8 @@ def _print_row(r: dict) -> None:
         base = (f"  | before #18 (same run): fit+CV {r['baseline_fit_cv_s']:.2f} s "
                 f"(x{r['baseline_fit_cv_s'] / r['fit_cv_s']:.2f}), allocate {r['baseline_allocate_s']:.3f} s "
                 f"(x{r['baseline_allocate_s'] / r['allocate_s']:.2f})")  # fmt: skip
+    if "bootstrap_s" in r:
+        base += f"  | bootstrap x{r['bootstrap']} {r['bootstrap_s']:.1f} s"
     print(f"{head} fit+CV {r['fit_cv_s']:8.2f} s  allocate {r['allocate_s']:6.3f} s  chosen {r['chosen']}{base}"
           f"  load {r['load_before']} -> {r['load_after']}", flush=True)  # fmt: skip
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from itertools import product
-from typing import NamedTuple
 
 import numpy as np
 from scipy.optimize import least_squares
@@ -17,6 +16,7 @@ from .forms import FORMS, LawForm
 from .intervals import INTERVALS
 from .laws import TargetLaw
 from .parallel import map_jobs
+from .problem import Problem, _problem, box, point_scale  # noqa: F401 (point_scale: re-exported)
 from .starts import fill_shape_defaults
 
 BOOTSTRAP_METHODS = ("runs", "parametric")
@@ -95,54 +95,12 @@ class FormFit:
 
 
 # ---- one target ---------------------------------------------------------------------------------------
-class Problem(NamedTuple):
-    """One target's points: samples seen of itself and of the others, unique data, observed log loss, and
-    each point's relative noise weight (its measured standard error over the target's median; 1 where
-    the run log holds none)."""
-
-    D_own: np.ndarray
-    D_oth: np.ndarray
-    U_own: np.ndarray
-    U_oth: np.ndarray
-    logy: np.ndarray
-    scale: np.ndarray
-
-
-def _problem(ds: Dataset, i: int, rows: np.ndarray | None = None) -> Problem:
-    pts = ds.target_points(i) if rows is None else rows[np.isfinite(ds.y[rows, i])]
-    others = [c for c in range(len(ds.domains)) if c != i]
-    return Problem(
-        ds.D[pts, i], ds.D[pts][:, others], ds.U[pts, i], ds.U[pts][:, others], np.log(ds.y[pts, i]),
-        point_scale(ds, i, pts),
-    )  # fmt: skip
-
-
-def point_scale(ds: Dataset, i: int, pts: np.ndarray) -> np.ndarray:
-    """Relative noise of each point of target i: sigma_k / median sigma, sigma_k = se_k / y_k the measured
-    standard error of the log loss (evaluation crops), so that a residual is weighed by 1 / sigma_k while
-    the objective keeps its units (log loss) and the Huber delta its meaning. 1 without measurements."""
-    s = ds.se[pts, i] / ds.y[pts, i]
-    ok = np.isfinite(s) & (s > 0)
-    if not ok.any():
-        return np.ones(len(pts))
-    med = float(np.median(s[ok]))
-    # A point without a measurement counts as typical; none counts more than 10x a typical point.
-    return np.where(ok, np.maximum(s, 0.1 * med), med) / med
-
-
-def box(form: LawForm, others: list[str], prob: Problem) -> tuple[np.ndarray, np.ndarray]:
-    """Lower and upper bounds of the fit vector for this target's points (E below the lowest loss)."""
-    tot = prob.D_own + prob.D_oth.sum(axis=1)
-    pos = tot[tot > 0]
-    d_range = (float(pos.min()) if len(pos) else 1.0, float(tot.max()) if len(tot) else 2.0)
-    lo, hi = np.array(form.bounds(others, float(np.exp(prob.logy.min())), d_range)).T
-    return lo, hi
-
-
-def _objective(theta, form: LawForm, prob: Problem, delta: float, ref: float, jac: bool = True):
+def _objective(theta, form: LawForm, prob: Problem, delta: float, ref: float, jac: bool = True, law=None):
     """Mean Huber loss of the noise-weighted log-loss residuals, plus the weak ridge; value and gradient
-    (None without jac: the Jacobian is most of the cost, ~n x p, and screening starts needs only values)."""
-    logL, J = form.evaluate(theta, *prob[:4], jac=jac, ref=ref)
+    (None without jac: the Jacobian is most of the cost, ~n x p, and screening starts needs only values).
+    `law`: `form.at(*prob[:4], ref)` when the caller has it (it keeps the data-only work between calls)."""
+    law = law or form.at(*prob[:4], ref=ref)
+    logL, J = law(theta, jac)
     r = (logL - prob.logy) / prob.scale
     a = np.abs(r)
     quad = a <= delta
@@ -245,12 +203,13 @@ def _solve(theta0, form: LawForm, prob: Problem, delta: float, ref: float, lo, h
     idx, ctr = form.ridge(prob.D_oth.shape[1], ref)
     c = np.sqrt(2.0 * n * delta * RIDGE)  # 0.5 (c dev)^2 = n delta RIDGE dev^2
     cache = {}
+    law = form.at(*prob[:4], ref=ref)
 
     def evaluate(th):
         key = th.tobytes()
         if key not in cache:
             cache.clear()
-            cache[key] = form.evaluate(th, *prob[:4], ref=ref)
+            cache[key] = law(th)  # its J is rebuilt in place by the next call: used before that
         return cache[key]
 
     def fun(th):
@@ -321,7 +280,8 @@ def fit_target(
         raise LawfitError(f"target '{target}': only {n} evaluation points; need at least 3 to fit")
     ref = reference_scale(prob) if ref is None else ref
     lo, hi = box(form, others, prob)
-    args = (form, prob, cfg.huber_delta, ref)
+    law = form.at(*prob[:4], ref=ref)
+    args = (form, prob, cfg.huber_delta, ref, False, law)
     starts = init if init is not None else _grid_starts(form, prob, others, ref)
     smart = None
     if init is None and len(others) >= MANY_SOURCES:
@@ -332,7 +292,7 @@ def fit_target(
     starts = [np.clip(s, lo, hi) for s in starts]
     if len(starts) > N_REFINE:
         # Screening by the objective at the start is nearly free; the best few go to convergence.
-        starts = sorted(starts, key=lambda s: _objective(s, *args, jac=False)[0])[:N_REFINE]
+        starts = sorted(starts, key=lambda s: _objective(s, *args)[0])[:N_REFINE]
     if smart is not None:
         starts = [np.clip(smart, lo, hi), *starts]
     # Many sources (#18): Levenberg-Marquardt on the normal equations (30-40x faster per solve than trf at
@@ -342,13 +302,13 @@ def fit_target(
     results = []
     for s in starts:
         x, ok = solve(s, form, prob, cfg.huber_delta, ref, lo, hi)
-        results.append((_objective(x, *args, jac=False)[0], x, ok))
+        results.append((_objective(x, *args)[0], x, ok))
         # Each solve costs ~m^3 per step: stop once two starts (the linear-algebra start and the best grid
         # start) agree on the optimum; they rarely disagree, and then all starts run.
         if smart is not None and len(results) == 2 and _agree(results):
             break
     fun, x, ok = min(results, key=lambda r: r[0])
-    logL, _ = form.evaluate(x, *prob[:4], jac=False, ref=ref)
+    logL, _ = law(x, False)
     rmse = float(np.sqrt(np.mean((logL - prob.logy) ** 2)))
     return TargetFit(
         target=target,

@@ -16,13 +16,26 @@ refits (CV folds, bootstrap resamples) refit the whole joint problem.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 from scipy.optimize import least_squares
 
 from .dataset import Dataset
 from .errors import LawfitError
-from .fit import SOLVER_TOL, FitConfig, TargetFit, _huber_rows, _objective, _problem, box, reference_scale
+from .fit import (
+    MANY_SOURCES,
+    SOLVER_TOL,
+    FitConfig,
+    TargetFit,
+    _huber_rows,
+    _objective,
+    _problem,
+    box,
+    reference_scale,
+)
 from .forms import FORMS
+from .gn import BlockJacobian, solve_bounded
 
 NAME = "transfer_lowrank"
 LOG_RATE = (-12.0, 3.0)  # bounds of log a_j and log b_i (e^-12 ~ no transfer; a_j b_i <= e^6 ~ 400)
@@ -30,7 +43,8 @@ SCALE_RIDGE = 1.0  # weight of the mean(log a) = 0 row: fixes the a-b scale with
 
 
 def _blocks(ds: Dataset, rows: np.ndarray | None):
-    """Per target: its problem, reference scale, box (per-target layout) and the other domains' indices."""
+    """Per target: its problem, reference scale, box (per-target layout), the other domains' indices and
+    the prepared law (`LawForm.at`) of its points."""
     out = []
     for i in range(len(ds.domains)):
         prob = _problem(ds, i, rows)
@@ -38,7 +52,8 @@ def _blocks(ds: Dataset, rows: np.ndarray | None):
             raise LawfitError(f"target '{ds.domains[i]}': fewer than 3 points for the low-rank fit")
         others = [c for c in range(len(ds.domains)) if c != i]
         lo, hi = box(FORMS[NAME], [ds.domains[c] for c in others], prob)
-        out.append((prob, reference_scale(prob), lo, hi, others))
+        ref = reference_scale(prob)
+        out.append((prob, ref, lo, hi, others, FORMS[NAME].at(*prob[:4], ref=ref)))
     return out
 
 
@@ -51,32 +66,33 @@ def _per_target(x: np.ndarray, i: int, others: list[int], m: int) -> np.ndarray:
 
 def _bounds(blocks, m: int) -> tuple[np.ndarray, np.ndarray]:
     lo, hi = [], []
-    for _, _, blo, bhi, _ in blocks:
+    for _, _, blo, bhi, _, _ in blocks:
         lo += [*blo[:4], LOG_RATE[0]]
         hi += [*bhi[:4], LOG_RATE[1]]
     return np.array(lo + [LOG_RATE[0]] * m), np.array(hi + [LOG_RATE[1]] * m)
 
 
-def _residuals_and_jacobian(x, blocks, m: int):
-    form = FORMS[NAME]
-    res, rows = [], []
-    n_par = 6 * m
-    for i, (prob, ref, _, _, others) in enumerate(blocks):
+def _residual_blocks(x, blocks, m: int, jac: bool = True):
+    """Residuals of every target's points (and the scale row), and their Jacobian by blocks: a target's
+    rows touch only its own 5 parameters and the sources' log a_j (None without jac)."""
+    res, jb = [], []
+    for i, (prob, _, _, _, others, law) in enumerate(blocks):
         th = _per_target(x, i, others, m)
-        logL, J = form.evaluate(th, *prob[:4], ref=ref)
-        J = J / prob.scale[:, None]
+        logL, J = law(th, jac)  # the block's prepared law (LawForm.at): data-only work done once
         res.append((logL - prob.logy) / prob.scale)
-        big = np.zeros((len(logL), n_par))
-        big[:, 5 * i : 5 * i + 4] = J[:, :4]
-        dk = J[:, 4:] * th[4:]  # d/d log(kappa_ij): kappa_ij = exp(log b_i + log a_j)
-        big[:, 5 * i + 4] = dk.sum(axis=1)
-        big[:, 5 * m + np.asarray(others)] = dk
-        rows.append(big)
-    ridge = np.zeros((1, n_par))
-    ridge[0, 5 * m :] = SCALE_RIDGE / m
+        if jac:
+            J = J / prob.scale[:, None]
+            dk = J[:, 4:] * th[4:]  # d/d log(kappa_ij): kappa_ij = exp(log b_i + log a_j)
+            cols = np.concatenate([np.arange(5 * i, 5 * i + 5), 5 * m + np.asarray(others, dtype=np.int64)])
+            jb.append((cols, np.column_stack([J[:, :4], dk.sum(axis=1), dk])))
     res.append([SCALE_RIDGE * float(np.mean(x[5 * m :]))])
-    rows.append(ridge)
-    return np.concatenate(res), np.vstack(rows)
+    jb.append((np.arange(5 * m, 6 * m), np.full((1, m), SCALE_RIDGE / m)))
+    return np.concatenate(res), (BlockJacobian(jb, 6 * m) if jac else None)
+
+
+def _residuals_and_jacobian(x, blocks, m: int):
+    r, J = _residual_blocks(x, blocks, m)
+    return r, J.dense()
 
 
 def _start(ds: Dataset, rows, cfg: FitConfig, b0: float) -> np.ndarray:
@@ -111,16 +127,23 @@ def fit_lowrank(
     starts = [init] if init is not None else [_start(ds, rows, cfg, b0) for b0 in (0.01, 0.3)]
     best = None
     for x0 in starts:
-        r = least_squares(
-            lambda x: rj(x)[0], np.clip(x0, lo + 1e-9, hi - 1e-9), jac=lambda x: rj(x)[1],
-            bounds=(lo, hi), method="trf", loss=_huber_rows(n_data), f_scale=cfg.huber_delta,
-            x_scale="jac", ftol=SOLVER_TOL, xtol=SOLVER_TOL, gtol=SOLVER_TOL, max_nfev=3000,
-        )  # fmt: skip
+        if m - 1 >= MANY_SOURCES:  # as the per-target fits (lawfit/fit.py), by blocks: #18
+            res = solve_bounded(
+                lambda x, jac=True: _residual_blocks(x, blocks, m, jac), x0, lo, hi, delta=cfg.huber_delta,
+                ridge_idx=np.zeros(0, np.int64), ridge_ctr=np.zeros(0), ridge_c=0.0,
+            )  # fmt: skip
+            r = SimpleNamespace(x=res.x, cost=res.phi, status=int(res.converged))
+        else:
+            r = least_squares(
+                lambda x: rj(x)[0], np.clip(x0, lo + 1e-9, hi - 1e-9), jac=lambda x: rj(x)[1],
+                bounds=(lo, hi), method="trf", loss=_huber_rows(n_data), f_scale=cfg.huber_delta,
+                x_scale="jac", ftol=SOLVER_TOL, xtol=SOLVER_TOL, gtol=SOLVER_TOL, max_nfev=3000,
+            )  # fmt: skip
         if best is None or r.cost < best.cost:
             best = r
     x = best.x
     fits = {}
-    for i, (prob, ref, _, _, others) in enumerate(blocks):
+    for i, (prob, ref, _, _, others, _) in enumerate(blocks):
         d = ds.domains[i]
         th = _per_target(x, i, others, m)  # a kappa above the per-target box is kept (and reported)
         logL, _ = FORMS[NAME].evaluate(th, *prob[:4], jac=False, ref=ref)

@@ -91,3 +91,27 @@ def test_repetition_effective_data():
     f, _ = effective_data(np.array([2000.0, 1e9]), U, 5.0)
     assert f[0] == pytest.approx(U + U * 5.0 * (1 - np.exp(-1 / 5.0)))
     assert f[1] == pytest.approx(U * (1 + 5.0))  # infinite repetition saturates at U (1 + R*)
+
+
+@pytest.mark.parametrize("name", sorted(FORMS))
+def test_prepared_law_matches_the_definition_in_a_solver_call_sequence(name):
+    """`LawForm.at` keeps the last forward pass and its work arrays between calls (#18). Called as a solver
+    calls it (trial values at new points, the Jacobian at the point just tried, a point revisited), every
+    value must equal `law_value_grad` (the named-parameter definition) and every Jacobian a fresh
+    `evaluate`'s (which test_jacobian_matches_finite_differences checks against finite differences)."""
+    form = FORMS[name]
+    D, U = _points(2)
+    others = ["a", "c"]
+    args = (D[:, 1], D[:, [0, 2]], U[1], U[[0, 2]])
+    ref = 900.0
+    law = form.at(*args, ref=ref)
+    rng = np.random.default_rng(3)
+    th0 = form.pack(LAW, others, ref)
+    points = [th0 + 0.05 * rng.standard_normal(len(th0)) * (np.arange(len(th0)) != 2) for _ in range(4)]
+    for th, jac in [(points[0], False), (points[0], True), (points[1], False), (points[2], True),
+                    (points[1], True), (points[3], False), (points[0], True)]:  # fmt: skip
+        logL, J = law(th, jac)
+        expected = law_value_grad(form.unpack(th, "b", others, ref), DOMS, D, U)[0]
+        np.testing.assert_allclose(np.exp(logL), expected, rtol=1e-12)
+        if jac:
+            np.testing.assert_allclose(J, form.evaluate(th, *args, ref=ref)[1], rtol=1e-12, atol=1e-300)

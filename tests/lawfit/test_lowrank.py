@@ -89,3 +89,45 @@ def test_few_runs_add_the_low_rank_form_and_every_step_refits_it_whole(rank_one,
     np.testing.assert_allclose(back.predict(D), forced.predict(D), rtol=1e-12)
     alloc = allocate(back, Budget(samples=100_000))
     assert alloc["objective"]["kkt"]["satisfied"]
+
+
+def test_many_domains_solve_by_blocks_reaches_the_trf_optimum(tmp_path, monkeypatch):
+    """From 7 domains on (#18) the joint fit is Levenberg-Marquardt on normal equations assembled target by
+    target (lawfit/gn.py `BlockJacobian`); trf on the dense Jacobian is the reference, from the same
+    starts. Seeded and deterministic: 7 domains, a rank-one truth, the pairs design."""
+    from voxmix.lawfit import lowrank
+    from voxmix.lawfit.gn import BlockJacobian
+
+    doms = [f"d{i}" for i in range(7)]
+    gives = dict(zip(doms, (1.0, 0.2, 0.6, 0.05, 0.4, 0.0, 0.8)))
+    takes = dict(zip(doms, (0.5, 1.0, 0.1, 0.8, 0.3, 0.6, 0.0)))
+    tg = {d: TargetLaw(d, 0.3 + 0.02 * i, 6.0, 0.35 + 0.01 * i, {j: T(takes[d] * gives[j], 1.0) for j in doms if j != d},
+                       d0=150.0)
+          for i, d in enumerate(doms)}  # fmt: skip
+    truth = Laws(form="transfer", domains=doms, targets=tg, unique_samples={d: 1e7 for d in doms})
+    plan = default_design(truth, budget_per_run=20000, n_mixtures=None, n_evals=5, seed=0)
+    simulate_runs(truth, plan, tmp_path, noise=0.01, seed=0)
+    ds = build_dataset(load_runs([str(tmp_path / r["run_id"]) for r in plan["runs"] if r["role"] == "fit"]))
+    cfg = FitConfig(progress=False, workers=1)
+    # The block products equal the dense ones.
+    blocks = _blocks(ds, None)
+    x0 = lowrank._start(ds, None, cfg, 0.3)
+    r, Jb = lowrank._residual_blocks(x0, blocks, 7)
+    assert isinstance(Jb, BlockJacobian)
+    J = Jb.dense()
+    w = np.random.default_rng(0).random(len(r))
+    np.testing.assert_allclose(Jb.rmatvec(w * r), J.T @ (w * r), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(Jb.gram(w), (J * w[:, None]).T @ J, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(Jb.gram_diag(w), np.einsum("ij,i,ij->j", J, w, J), rtol=1e-10, atol=1e-12)
+
+    def total(fits):  # the joint objective without the scale row (~0 at both optima)
+        return sum(f.objective * f.n_points for f in fits.values())
+
+    fits_gn, x_gn = fit_lowrank(ds, cfg, init=x0)  # one start each (the default fit takes two): test time
+    monkeypatch.setattr(lowrank, "MANY_SOURCES", 10**9)
+    fits_trf, _ = fit_lowrank(ds, cfg, init=x0)
+    assert total(fits_gn) <= total(fits_trf) * (1 + 1e-7), (total(fits_gn), total(fits_trf))
+    # The a-b scale (a c, b / c: every k unchanged) is held by the scale row only as far as the solver's
+    # stopping rule goes: 3e-5 off on the 8-domain version of this test, trf's square row 1e-6.
+    assert abs(np.mean(x_gn[5 * 7 :])) <= 1e-3
+    assert all(f.converged for f in fits_gn.values())
