@@ -114,33 +114,43 @@ def test_evaluate_encoders_end_to_end(phantom_data, tmp_path, capsys):
 
 
 def test_target_domain_controls_and_reported_encoders(phantom_data, tmp_path, capsys):
-    """`--control DOMAIN=ENC,...` scores each domain with its own control: on each domain the control's
-    values equal those of the same encoder given once more as a reported `--encoder` (same seeds, crops)."""
+    """A {domain: encoder} control scores each domain with its own encoder: there its values equal those of
+    the same encoder given as a plain one (same seeds and crops). Then the CLI's `--control DOMAIN=ENC`
+    and `--encoder NAME=ENC`, and round 2's readouts (every layer, the side task)."""
+    from voxmix.formats.encoder import read_encoder
+    from voxmix.trainer.downstream.evaluate import EvalConfig, evaluate
+
     a, b = (make_encoder(tmp_path / f"{n}.pt", seed=s) for s, n in ((7, "a"), (8, "b")))
-    out = tmp_path / "ev.json"
-    common = ["--data", str(phantom_data), "--domains", "ct_abdomen,pet_wholebody", "--seeds", "2",
-              "--efficiency", "2", "--finetune-steps", "0"]  # fmt: skip
-    assert evaluate_encoders.main(["--control", f"ct_abdomen={a}", *common]) == 2
-    assert "no control for the probed domains ['pet_wholebody']" in capsys.readouterr().err
-    code = evaluate_encoders.main([
-        "--control", f"ct_abdomen={a},pet_wholebody={b}", "--encoder", f"control_mix={a}", "--encoder", f"enc_b={b}",
-        *common, "--out", str(out),
-    ])  # fmt: skip
-    assert code == 0, capsys.readouterr().err
-    rep = json.loads(out.read_text())
-    vals, n_metrics = rep["values"], 0
-    for d, twin in (("ct_abdomen", "control_mix"), ("pet_wholebody", "enc_b")):
+    ba, bb = read_encoder(a), read_encoder(b)
+    cfg = EvalConfig(domains=["ct_abdomen", "pet_wholebody"], every_layer=False, side=False, finetune_steps=0,
+                     efficiency=[2], curve_encoders=["control", "a", "b"])  # fmt: skip
+    vals = evaluate(
+        {"control": {"ct_abdomen": ba, "pet_wholebody": bb}, "a": ba, "b": bb}, phantom_data, cfg, 1
+    )
+    for d, twin, other in (("ct_abdomen", "a", "b"), ("pet_wholebody", "b", "a")):
         mine = {m: v for m, v in vals["control"].items() if f"/{d}/" in m}
-        # (the label-efficiency curves are only for the control and random)
-        assert all("_n" in m for m in set(mine) - set(vals[twin]))
-        assert mine and all(vals[twin][m] == v for m, v in mine.items() if "_n" not in m)
-        other = "enc_b" if twin == "control_mix" else "control_mix"
-        assert vals[other]["anatomy/" + d + "/probe_all"] != mine["anatomy/" + d + "/probe_all"]
-        n_metrics += len(mine)
-    assert n_metrics == len(vals["control"])
-    # Round 2's readouts: every layer for the encoders; the side task where it runs, baseline beside it.
+        assert mine and all(vals[twin][m] == v for m, v in mine.items())
+        assert vals[other][f"anatomy/{d}/probe"] != mine[f"anatomy/{d}/probe"]
+    assert set(vals["control"]) == set(vals["a"])
+    common = ["--data", str(phantom_data), "--seeds", "2", "--efficiency", "2", "--finetune-steps", "0"]
+    assert (
+        evaluate_encoders.main(
+            ["--control", f"ct_abdomen={a}", "--domains", "ct_abdomen,pet_wholebody", *common]
+        )
+        == 2
+    )
+    assert "no control for the probed domains ['pet_wholebody']" in capsys.readouterr().err
+    out = tmp_path / "ev.json"
+    code = evaluate_encoders.main(
+        ["--control", f"ct_abdomen={a}", "--encoder", f"control_mix={a}", "--domains", "ct_abdomen", *common,
+         "--out", str(out)]
+    )  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    vals = json.loads(out.read_text())["values"]
+    assert all(vals["control_mix"][m] == v for m, v in vals["control"].items() if "_n" not in m)
+    # Round 2's readouts: every layer for the encoders; the side task, the intensity baseline beside it.
     for m in ("anatomy/ct_abdomen/probe_all", "anatomy/ct_abdomen/knn_all", "side/ct_abdomen/probe_all"):
         assert m in vals["random"] and m not in vals[INTENSITY]
     assert "side/ct_abdomen/probe" in vals[INTENSITY]
     assert all(0 <= x <= 1 for v in vals["control"].values() for x in v)
-    assert "| metric | intensity | control | random | control_mix | enc_b |" in capsys.readouterr().out
+    assert "| metric | intensity | control | random | control_mix |" in capsys.readouterr().out
