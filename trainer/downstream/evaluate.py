@@ -186,31 +186,28 @@ def _finetune(blob, pretrained: bool, data, d: str, n: int, seed: int, device, s
     return res["dice_mean"]
 
 
+def _readouts(vit, x_tr: np.ndarray, x_te: np.ndarray, device, every_layer: bool) -> dict[str, tuple]:
+    """metric suffix -> (train, test) features: the final tokens ("") and, with `every_layer`, every
+    layer's tokens concatenated ("_all"), from one forward pass per crop."""
+    if not every_layer:
+        return {"": tuple(probes.encoder_tokens(vit, x, device) for x in (x_tr, x_te))}
+    (f_tr, e_tr), (f_te, e_te) = (probes.encoder_tokens(vit, x, device, layers=True) for x in (x_tr, x_te))
+    return {"": (f_tr, f_te), "_all": (e_tr, e_te)}
+
+
 def _score(
     vit, ds: DomainSet, sp: Split, seed: int, cfg: EvalConfig, device, curves: bool
 ) -> dict[str, float]:
     """Every frozen-encoder metric of one encoder on one domain and seed."""
     d, out = ds.name, {}
-    for x_tr, x_te, fn in [
-        (sp.x_tr, sp.x_te, _anatomy),
-        *([(sp.side[0], sp.side[2], _side)] if sp.side else []),
-    ]:
-        if cfg.every_layer:
-            (f_tr, e_tr), (f_te, e_te) = (
-                probes.encoder_tokens(vit, x, device, layers=True) for x in (x_tr, x_te)
-            )
-        else:
-            f_tr, f_te = (probes.encoder_tokens(vit, x, device) for x in (x_tr, x_te))
-        out.update(fn(f_tr, f_te, sp, cfg, d, curves) if fn is _anatomy else fn(f_tr, f_te, sp, cfg, d))
-        if cfg.every_layer:
-            out.update(
-                fn(e_tr, e_te, sp, cfg, d, False, "_all")
-                if fn is _anatomy
-                else fn(e_tr, e_te, sp, cfg, d, "_all")
-            )
+    for sfx, (tr, te) in _readouts(vit, sp.x_tr, sp.x_te, device, cfg.every_layer).items():
+        out.update(_anatomy(tr, te, sp, cfg, d, curves and not sfx, sfx))  # curves: final tokens only
+    if sp.side:
+        for sfx, (tr, te) in _readouts(vit, sp.side[0], sp.side[2], device, cfg.every_layer).items():
+            out.update(_side(tr, te, sp, cfg, d, sfx))
     vol = probes.encoder_tokens(vit, ds.resized, device)
     out.update(_context(vol.reshape(len(vol), -1), ds, seed, cfg))
-    return out  # fmt: skip
+    return out
 
 
 def _for(b, d: str):
