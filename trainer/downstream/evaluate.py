@@ -210,11 +210,14 @@ def _score(
     return out
 
 
+def _per_domain(b) -> bool:
+    """Whether encoder entry `b` is a {domain: blob} (an encoder blob itself has a state_dict)."""
+    return isinstance(b, dict) and "state_dict" not in b
+
+
 def _for(b, d: str):
     """The blob of encoder entry `b` for domain `d` (an entry is one blob, a {domain: blob} or None)."""
-    if isinstance(b, dict) and "state_dict" not in b:
-        return b.get(d)
-    return b
+    return b.get(d) if _per_domain(b) else b
 
 
 def evaluate(encoders: dict[str, dict | None], data, cfg: EvalConfig, seeds: int, *, control: str | None = None,
@@ -238,7 +241,7 @@ def _evaluate(
 ) -> dict[str, dict[str, list[float]]]:
     say = log or (lambda m: print(m, file=sys.stderr, flush=True))
     ref = encoders[control] if control else next(b for b in encoders.values() if b is not None)
-    if isinstance(ref, dict) and "state_dict" not in ref:
+    if _per_domain(ref):
         ref = next(iter(ref.values()))
     kw = ref["monai_vit_kwargs"]
     img, patch = int(np.atleast_1d(kw["img_size"])[0]), int(np.atleast_1d(kw["patch_size"])[0])

@@ -74,9 +74,10 @@ def side_crops(cases: list[Case], domain: str, size: int, n: int, p: int, rng: n
         for s in crop_starts(c.image.shape, size, n, rng):
             sl = tuple(slice(a, a + size) for a in s)
             ic, lc = img[sl], lab[sl]
-            t = token_sides(lc, s[0], lab.shape[0] / 2, bool(low), organ, p)
-            if low is None:
-                t[:] = IGNORE
+            if low is None:  # no anchor in this volume: no side to tell
+                t = np.full(g[0] * g[1] * g[2], IGNORE)
+            else:
+                t = token_sides(lc, s[0], lab.shape[0] / 2, low, organ, p)
             if rng.random() < 0.5:
                 ic, t = ic[::-1], mirror_tokens(t, g)
             xs.append(np.ascontiguousarray(ic))
