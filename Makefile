@@ -48,10 +48,11 @@ lock:
 demo: setup
 	$(PY) scripts/demo.py
 
-# The demo, then the evaluation protocol (docs/downstream.md, "The evaluation protocol", round 2): positive
-# controls pretrained on each target domain alone (and round 1's 4x mixture control beside them), probes on
-# the final and every layer's tokens, the side task, context tasks, label-efficiency curves and the
-# per-domain table, on the demo's final encoders (all seeds). Time on 2 cores: see docs/downstream.md.
+# The demo, then the evaluation protocol (docs/downstream.md, "The evaluation protocol", round 3): the
+# supervised positive control (trained on other phantoms' token labels), probes on the final and every
+# layer's tokens, the side task, context tasks, label-efficiency curves, each MAE arm against random and
+# the per-domain table, on the demo's final encoders (all seeds). Time on 2 cores: see docs/downstream.md.
+# (scripts/evaluate_demo.py --control target runs round 2's target-domain controls instead.)
 demo-full: setup
 	$(PY) scripts/demo.py --downstream no
 	$(PY) scripts/evaluate_demo.py --out demo

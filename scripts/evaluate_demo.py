@@ -1,16 +1,19 @@
 """`make demo-full`'s second half: the evaluation protocol on the demo's encoders (docs/downstream.md).
 
-    .venv/bin/python scripts/evaluate_demo.py [--out demo] [--target-scale 2] [--control-scale 4] [--seeds 5]
-                                              [--finetune-steps 100]
+    .venv/bin/python scripts/evaluate_demo.py [--out demo] [--control supervised|target] [--seeds 5]
+                                              [--finetune-steps 100] [--supervised-steps 1500]
     .venv/bin/python scripts/evaluate_demo.py --out study --tag _x8 --control-scale 2   # make study
 
-1. The positive control (round 2, docs/downstream.md): per domain, an encoder pretrained on that domain
-   alone for `--target-scale` times the final runs' whole budget (seed 0), into <out>/controls/<domain>.
-   Round 1's control, pretrained on the proportional mixture for `--control-scale` times the final
-   budget into <out>/control, is evaluated too as `control_mix` (reported, not the decision).
-   Each with `python trainer/run.py` (one process). A completed run is reused; an incomplete folder is
-   moved aside (never deleted) and run anew.
-2. `python -m trainer.evaluate_encoders` with those controls, the proportional and transfer-aware final
+1. The positive control. Round 3 (the default, `--control supervised`, docs/downstream.md): the arms'
+   encoder architecture trained with a linear head on the token anatomy labels of 16 labelled phantoms
+   per domain made with generator seed 1 (the evaluation set is seed 0: no evaluated volume is seen), into
+   <out>/controls/supervised/encoder.pt (trainer/downstream/supervised.py; reused when present).
+   Round 2 (`--control target`): per domain, an encoder pretrained on that domain alone for
+   `--target-scale` times the final runs' whole budget into <out>/controls/<domain>, and round 1's
+   mixture control (`--control-scale` x the final budget, <out>/control) reported as `control_mix`; each
+   with `python trainer/run.py` (one process). A completed run is reused; an incomplete folder is moved
+   aside (never deleted) and run anew.
+2. `python -m trainer.evaluate_encoders` with the control, the proportional and transfer-aware final
    encoders (one per seed) as the two arms and their allocations, on a labelled phantom set of the demo's
    domains made in <out>/evaluation; the report goes to <out>/evaluation/report.md and evaluation.json.
 """
@@ -29,6 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from voxmix.formats.allocation import read_allocation  # noqa: E402
+from voxmix.formats.encoder import read_encoder, write_encoder  # noqa: E402
 from voxmix.formats.manifest import read_manifest  # noqa: E402
 from voxmix.trainer import evaluate_encoders  # noqa: E402
 
@@ -76,13 +80,45 @@ def train_controls(out: Path, scale: int, target_scale: int, tag: str) -> tuple[
     return mixed, targets
 
 
+def train_supervised_control(out: Path, arm_encoder: Path, domains: list[str], steps: int) -> Path:
+    """<out>/controls/supervised/encoder.pt (round 3's control), trained unless it is there (written
+    atomically, so a file that exists is whole)."""
+    import torch
+
+    from voxmix.trainer.downstream.compare import make_phantom_set
+    from voxmix.trainer.downstream.supervised import SupervisedConfig, train_supervised
+
+    path = out / "controls" / "supervised" / "encoder.pt"
+    if path.exists():
+        print(f"control: reusing {path}", flush=True)
+        return path
+    # 16 per domain, generator seed 1: disjoint from the evaluation set (seed 0, 48 per domain).
+    data = make_phantom_set(out / "controls" / "supervised_data", 16, 48, domains, seed=1)
+    torch.set_num_threads(1)  # one thread: see _train
+    blob = train_supervised(data, domains, read_encoder(arm_encoder), SupervisedConfig(steps=steps))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_encoder(path, blob["monai_vit_kwargs"], blob["state_dict"], {"supervised": blob["supervised"]})
+    print(f"control: trained in {blob['supervised']['seconds']:.0f} s -> {path}", flush=True)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="demo", help="the demo's folder (scripts/demo.py --out)")
+    p.add_argument("--control", choices=("supervised", "target"), default="supervised",
+                   help="the positive control: round 3's supervised encoder, or round 2's target-domain ones")  # fmt: skip
+    p.add_argument(
+        "--supervised-steps", type=int, default=1500, help="training steps of the supervised control"
+    )
     p.add_argument(
         "--target-scale", type=int, default=2, help="each target-domain control: this x the final budget"
     )
-    p.add_argument("--control-scale", type=int, default=4, help="mixture control: this x the final budget")
+    p.add_argument(
+        "--control-scale",
+        type=int,
+        default=4,
+        help="mixture control (--control target): this x the final budget",
+    )
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--finetune-steps", type=int, default=100)
     p.add_argument(
@@ -98,10 +134,16 @@ def main(argv: list[str] | None = None) -> int:
               "needed; >= 2 seeds per arm)", file=sys.stderr)  # fmt: skip
         return 2
     t0 = time.perf_counter()
-    mixed, targets = train_controls(out, a.control_scale, a.target_scale, a.tag)
+    domains = read_manifest(out / "data").domains()
+    if a.control == "supervised":
+        control = str(train_supervised_control(out, finals["proportional"][0], domains, a.supervised_steps))
+        extra = []
+    else:
+        mixed, targets = train_controls(out, a.control_scale, a.target_scale, a.tag)
+        control = ",".join(f"{d}={run}" for d, run in targets.items())
+        extra = ["--encoder", f"control_mix={mixed}"]
     ev = out / "evaluation"
-    control = ",".join(f"{d}={run}" for d, run in targets.items())
-    args = ["--control", control, "--encoder", f"control_mix={mixed}", "--phantoms", str(ev), "--seeds", str(a.seeds),
+    args = ["--control", control, *extra, "--phantoms", str(ev), "--seeds", str(a.seeds),
             "--finetune-steps", str(a.finetune_steps), "--out", str(ev / "evaluation.json"),
             "--report", str(ev / "report.md"),
             "--allocation", f"proportional={out / f'allocation_proportional{a.tag}.json'}",
@@ -109,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     for arm, runs in finals.items():
         args += ["--arm", f"{arm}=" + ",".join(str(r) for r in runs)]
     # The demo's own domains (make study adds mri_abdomen), every one labelled in the phantom set.
-    args += ["--domains", ",".join(read_manifest(out / "data").domains())]
+    args += ["--domains", ",".join(domains)]
     code = evaluate_encoders.main(args)
     print(f"evaluate_demo: {time.perf_counter() - t0:.0f} s in all (control included)", flush=True)
     return code

@@ -103,8 +103,9 @@ def format_table(
     return "\n".join(lines)
 
 
-def make_phantom_set(work: Path, per_domain: int, size: int, domains: list[str]) -> Path:
-    """work/raw (phantoms with labels) -> work/data (ingested + labels.jsonl); reused when present."""
+def make_phantom_set(work: Path, per_domain: int, size: int, domains: list[str], seed: int = 0) -> Path:
+    """work/raw (phantoms with labels) -> work/data (ingested + labels.jsonl); reused when present.
+    `seed` is the generator's: sets of different seeds share no volume (phantoms.generate)."""
     from voxmix.formats.labels import FILENAME
     from voxmix.trainer.data import phantoms
     from voxmix.trainer.data.ingest.pipeline import ingest
@@ -115,7 +116,7 @@ def make_phantom_set(work: Path, per_domain: int, size: int, domains: list[str])
     if (data / FILENAME).exists():
         return data
     raw = work / "raw"
-    phantoms.write_dataset(raw, domains, per_domain, size, 0, True)
+    phantoms.write_dataset(raw, domains, per_domain, size, seed, True)
     res = ingest(load_spec(raw / "dataset.yaml"), data, workers=1, progress=False)
     if res.failures:
         raise ValueError(f"{raw}: ingest failed for {len(res.failures)} phantoms: {res.failures[:2]}")

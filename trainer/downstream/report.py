@@ -5,7 +5,9 @@
 each family of tests:
 1. the positive control (control - random, every metric both have): the protocol counts only if at
    least one metric separates them in the control's favour (p_holm < alpha) — said first;
-2. pretrained vs random on every task, with the intensity baseline beside it (intervals, no test);
+2. pretrained vs random on every task, with the intensity baseline beside it (intervals, no test), and
+   each MAE arm against random: per evaluation seed the mean over the arm's pretraining seeds, paired t
+   over the evaluation seeds, Holm over the arm's metrics (reported; round 3, docs/downstream.md);
 3. label-efficiency curves (intervals over seeds);
 4. the mixtures (one encoder per pretraining seed and arm): per pretraining seed, a metric is the mean
    over the evaluation seeds; arms pair by pretraining seed; Holm over the table;
@@ -65,6 +67,17 @@ def every_task(values: dict, level: float) -> dict:
     return out
 
 
+def arms_vs_random(values: dict, groups: dict[str, list[str]], level: float, alpha: float) -> dict:
+    """arm -> paired tests of (arm - random) over the evaluation seeds: the arm's value at a seed is the
+    mean over its pretraining seeds' encoders (every encoder saw the same seeds: they pair)."""
+    rnd, out = values[RANDOM], {}
+    for arm, names in groups.items():
+        common = set(rnd).intersection(*(set(values[n]) for n in names))
+        pairs = {m: (rnd[m], list(np.mean([values[n][m] for n in names], axis=0))) for m in sorted(common)}
+        out[arm] = _tests(pairs, level, alpha)
+    return out
+
+
 def _group_means(values: dict, names: list[str]) -> dict[str, list[float]]:
     """metric -> one value per encoder of the group (its mean over evaluation seeds)."""
     common = set.intersection(*(set(values[n]) for n in names))
@@ -120,6 +133,8 @@ def build(values: dict, groups: dict[str, list[str]], shares: dict[str, dict[str
           level: float = 0.95, alpha: float = 0.05) -> dict:  # fmt: skip
     rep = {"format": FORMAT, "level": level, "alpha": alpha, "positive_control": positive_control(values, level, alpha),
            "tasks": every_task(values, level), "curves": curves(values, level)}  # fmt: skip
+    if groups:
+        rep["arms_vs_random"] = arms_vs_random(values, groups, level, alpha)
     if len(groups) >= 2:
         rep["mixtures"] = mixtures(values, groups, level, alpha)
         if shares:
@@ -161,6 +176,17 @@ def markdown(rep: dict, names: list[str]) -> str:
             "| metric | " + " | ".join(cols) + " |", "| --- |" + " --- |" * len(cols)]  # fmt: skip
     for m, row in rep["tasks"].items():
         out.append(f"| {m} | " + " | ".join(_ci(row[c]) if c in row else "-" for c in cols) + " |")
+    for arm, rows in rep.get("arms_vs_random", {}).items():
+        better = sum(r["significant"] and r["mean_diff"] > 0 for r in rows.values())
+        worse = sum(r["significant"] and r["mean_diff"] < 0 for r in rows.values())
+        out += ["", f"### MAE-pretrained `{arm}` (mean of its pretraining seeds) - random", "",
+                f"Better than random on {better}, worse on {worse} of {len(rows)} metrics (paired t over the "
+                f"evaluation seeds, Holm over the {len(rows)}, p_holm < {rep['alpha']}).", "",
+                "| metric | difference | p | p_holm |", "| --- | --- | --- | --- |"]  # fmt: skip
+        for m, r in rows.items():
+            out.append(
+                f"| {m} | {_diff(r)} | {r['p']:.2g} | {r['p_holm']:.2g}{' significant' if r['significant'] else ''} |"
+            )
     if rep["curves"]:
         out += ["", "## 3. Label efficiency (mean [interval] over seeds)", ""]
         for head, by_n in rep["curves"].items():

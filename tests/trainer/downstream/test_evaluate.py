@@ -61,6 +61,27 @@ def test_mixture_and_per_domain_tables_by_hand():
         report.mixtures(values, {"p": ["p-s0", "p-s1"], "t": ["t-s0"]}, 0.95, 0.05)
 
 
+def test_arms_vs_random_by_hand():
+    rng = np.random.default_rng(2)
+    names = ("p-s0", "p-s1", "p-s2")
+    metrics = ("anatomy/a/probe", "anatomy/a/knn", "context/a/lesion")
+    values = {n: {m: rng.uniform(0.5, 0.7, size=5).tolist() for m in metrics} for n in (*names, "random")}
+    values["p-s2"].pop("context/a/lesion")  # a metric one arm encoder lacks is not tested
+    rows = report.arms_vs_random(values, {"p": list(names)}, 0.95, 0.05)["p"]
+    assert sorted(rows) == sorted(metrics[:2])
+    ps = []
+    for m in sorted(rows):
+        arm = np.mean([values[n][m] for n in names], axis=0)  # per evaluation seed, over pretraining seeds
+        ref = st.ttest_rel(arm, values["random"][m])
+        assert rows[m]["mean_diff"] == pytest.approx(np.mean(arm - np.array(values["random"][m])))
+        assert rows[m]["p"] == pytest.approx(ref.pvalue)
+        ps.append(ref.pvalue)
+    lo, hi = sorted(ps)  # Holm over two tests by hand: 2 p_(1), then max(that, p_(2))
+    assert sorted(r["p_holm"] for r in rows.values()) == pytest.approx(
+        sorted([min(1, 2 * lo), min(1, max(2 * lo, hi))])
+    )
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -109,6 +130,12 @@ def test_evaluate_encoders_end_to_end(phantom_data, tmp_path, capsys):
     assert vals["control"]["anatomy/ct_abdomen/probe"] != vals["random"]["anatomy/ct_abdomen/probe"]
     text = md.read_text()
     assert text.startswith("## 1. Positive control") and "## 5. Per domain" in text
+    assert "### MAE-pretrained `p` (mean of its pretraining seeds) - random" in text
+    arm = rep["arms_vs_random"]["t"]["anatomy/ct_abdomen/probe"]
+    t_mean = np.mean(
+        [vals["t-s0"]["anatomy/ct_abdomen/probe"], vals["t-s1"]["anatomy/ct_abdomen/probe"]], axis=0
+    )
+    assert arm["mean_diff"] == pytest.approx(np.mean(t_mean - vals["random"]["anatomy/ct_abdomen/probe"]))
     assert [r["domain"] for r in rep["per_domain"]["rows"]] == ["ct_abdomen"]
     assert rep["per_domain"]["rows"][0]["shift"] == pytest.approx(0.3)
 
