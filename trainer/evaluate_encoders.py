@@ -5,9 +5,10 @@
         [--allocation proportional=allocation_proportional.json --allocation transfer_aware=allocation.json] \
         [--seeds 5] [--efficiency 4,8,16] [--finetune-steps 100] [--out evaluation.json] [--report evaluation.md]
 
-`--control` is the positive control: an encoder better by construction (e.g. pretrained several times
-longer, or on the target domain itself: `--control ct_abdomen=runs/c-ct,pet_wholebody=runs/c-pet,...`, one
-encoder per probed domain) that the protocol must separate from a random encoder of its architecture
+`--control` is the positive control: an encoder better by construction (e.g. trained with the probe's
+labels on other volumes, as `make demo-full` does (trainer/downstream/supervised.py), pretrained several
+times longer, or on the target domain itself: `--control ct_abdomen=runs/c-ct,pet_wholebody=runs/c-pet,...`,
+one encoder per probed domain) that the protocol must separate from a random encoder of its architecture
 before any mixture comparison counts. `--encoder NAME=ENC` adds an encoder that is only reported. Each `--arm` is one mixture with one encoder per pretraining seed (arms pair by
 position); with two arms and their `--allocation` files the report ends with the per-domain table.
 Encoders are run folders or encoder files. Exit 0 done, 2 bad input or usage (named), 1 failed while running.
