@@ -78,6 +78,26 @@ Second round (#18; one process pinned to one core, OMP/OPENBLAS 1 thread, load 1
   9.17 / 54.7 s at 8 / 16 / 32 (first round, back to back: 6.69 / 35.9 s, 32 skipped by the cell
   limit), slope 1.80; a second 32-domain call 72.1 s, its `--sweep-bootstrap 200` 1008 s.
   `--sweep-bootstrap N` times N resamples of the selected form at every m.
+Third round (#18: the two new forms, 8 -> 32 exponents 2.57 / 2.59 quiet; cProfile, one process on one
+core, load 2.5-3.5 from other jobs):
+* `transfer_lowrank`, m = 16: 18.1 s (fit 14.9, CV 3.2). Both cold starts hit the 500-step limit
+  unconverged (5.1 + 5.5 s); `_residual_blocks` 9.8 s, `BlockJacobian.gram` 2.7 s, own-law starts 2.6 s
+  (no-transfer fits done once per start). Why: (1) the scale row (mean log a = 0) was a Huber row; at
+  |r| ~ 0.5 >> delta its Huber curvature is 0, the a-b scale drifted ~1e-3 per step and each drift was
+  a decrease that kept the stopping rule off (21.469 -> 21.462 in 1,000 more steps: the row's delta |r|).
+  As a plain square (as in the trf path): 136-142 steps to 21.4559. (2) At m = 32 both starts then still
+  ran 500 steps (97.17): in the Huber phase one damping serves 32 blocks and oscillated 0.1-2 with a
+  rejected trial every few steps; restarted from there (IRLS weights, initial damping): 30-40 steps (97.1285).
+* `transfer_lowrank`, m = 32, after (1) and restarts: `gram` 6.9 of 31.7 s (19 ms a call: m blocks of
+  2,560 x 36, n m^3). From the rank-one structure (lawfit/lowrank_jac.py, n m^2) per call: residual +
+  Jacobian 43.9 -> 19.4 ms, J^T W J 16.5 -> 9.2 ms, its diagonal 3.0 -> 2.0, J^T v 2.3 -> 1.6 ms; fit +
+  CV 15.3 s (the per-target law 5.2 s, J^T W J 3.7 s, own-law starts 1.7 s).
+* `transfer_repetition`, m = 16: 11.4 s, of it `effective_data` 3.3 s and `_log_shares` 0.9 s: each
+  evaluation redid f(D; R*) and log f though no run repeats data. `LawForm.at` now detects that (no
+  D > U): log f once, d/d log R* = 0, the same values bit for bit (every objective identical at 8, 16, 32
+  domains); the form then costs what `transfer` does (4,439 vs 4,452 LM steps, 4.9 s CPU each). m = 32
+  (43.4 s): the forward pass 15.2 s (0.6 ms a call: the n x m exp of (f/R)^gamma), `solve_bounded`'s own
+  lines 8.8 s, Huber-phase J^T J 3.2 s, escapes 3.3 s, start screening 4.4 s: the transfer form's profile.
 What changed is in docs/lawfit.md ("Many domains", "Allocation", "Speed"); the measured sweep in the README / #18.
 """
 

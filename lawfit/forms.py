@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import LawfitError
-from .laws import TargetLaw, TransferTerm, effective_data
+from .laws import TargetLaw, TransferTerm, effective_data, repeated
 
 RHO_BOUND = 2.0  # |rho| <= 2: a source can change the loss at most e^2 ~ 7x at full share
 
@@ -161,7 +161,13 @@ class LawForm:
         lay = self.layout(m)
         tot = D_own + D_oth.sum(axis=1)
         src = self.transfer and m > 0
-        fixed = _log_shares(D_oth, ref) if src and not self.repetition else None
+        # R* acts only on repeated samples: where no point repeats any domain's data (#18, third round),
+        # f = D whatever R*, log f is computed once and d log L / d log R* is 0 (the same values, bit for bit).
+        reps = self.repetition and bool(
+            repeated(D_own, np.broadcast_to(U_own, D_own.shape)).any()
+            or repeated(D_oth, np.broadcast_to(U_oth, D_oth.shape)).any()
+        )
+        fixed = _log_shares(D_oth, ref) if src and not reps else None
         buf = {"pw": np.empty((n, m)) if src else None, "J": None}
         memo: dict = {}
 
@@ -172,7 +178,7 @@ class LawForm:
             memo.clear()
             E, G, alpha, d0 = np.exp(theta[0]), np.exp(theta[1]), theta[2], np.exp(theta[3])
             r_star = float(np.exp(theta[lay["log_r_star"]][0])) if self.repetition else None
-            f_own, df_own = effective_data(D_own, U_own, r_star)
+            f_own, df_own = effective_data(D_own, U_own, r_star) if reps else (D_own, None)
             S = d0 + f_own
             pw = pos = logf = df_oth = None
             if src:
@@ -224,15 +230,20 @@ class LawForm:
                 np.divide(D_oth, fw["den"][:, None], out=J[:, lay["rho"]])
                 J[:, lay["log_dbar"]] = (-fw["Q"] * fw["dbar"] / fw["den"])[:, None]
             if self.repetition:
-                dS = fw["df_own"]
-                if src:
-                    g = theta[lay["gamma"]]
-                    fpow = np.where(fw["pos"], np.exp((g - 1.0) * fw["logf"]), 0.0)  # (f/R)^(gamma-1)
-                    dS = dS + (fw["df_oth"] * fpow) @ (kap * g)
-                J[:, lay["log_r_star"].start] = base * dS * fw["r_star"]
+                J[:, lay["log_r_star"].start] = _r_star_column(fw, theta, lay, base, src) if reps else 0.0
             return fw["logL"], J
 
         return ev
+
+
+def _r_star_column(fw: dict, theta, lay: dict, base, src: bool):
+    """d log L / d log R* of the repetition form, from `LawForm.at`'s forward pass (base: d log B / dS)."""
+    dS = fw["df_own"]
+    if src:
+        kap, g = theta[lay["kappa"]], theta[lay["gamma"]]
+        fpow = np.where(fw["pos"], np.exp((g - 1.0) * fw["logf"]), 0.0)  # (f/R)^(gamma-1)
+        dS = dS + (fw["df_oth"] * fpow) @ (kap * g)
+    return base * dS * fw["r_star"]
 
 
 def _log_shares(f, ref: float):

@@ -55,9 +55,11 @@ class GNResult(NamedTuple):
     steps: int
 
 
-def _phi(r: np.ndarray, dev: np.ndarray, delta: float, c: float) -> float:
+def _phi(r: np.ndarray, dev: np.ndarray, delta: float, c: float, n_huber: int | None = None) -> float:
     a = np.abs(r)
     h = np.where(a <= delta, 0.5 * r * r, delta * a - 0.5 * delta * delta)
+    if n_huber is not None:
+        h[n_huber:] = 0.5 * r[n_huber:] ** 2
     return float(h.sum() + 0.5 * c * c * (dev @ dev))
 
 
@@ -72,27 +74,34 @@ def solve_bounded(
     ridge_ctr: np.ndarray,
     ridge_c: float,
     max_iter: int = MAX_ITER,
+    n_huber: int | None = None,
 ) -> GNResult:
     """Minimize Phi inside [lo, hi] from x0. resid(x, jac) -> (r (n,), dr/dx (n, p) or None without jac):
-    the data rows only (the ridge rows are added here). dr/dx may be a `BlockJacobian`."""
+    the data rows only (the ridge rows are added here). dr/dx may be a `BlockJacobian` (or any object
+    with its rmatvec, gram and gram_diag). `n_huber`: only
+    the first n_huber rows are Huber rows, the rest plain squares (lawfit/lowrank.py's scale row, as in
+    its trf path); None: all."""
     lo, hi = np.asarray(lo, float), np.asarray(hi, float)
     if np.any(lo > hi):
         raise ValueError("solve_bounded: a lower bound is above its upper bound")
     x = np.clip(np.asarray(x0, float), lo, hi)
     c2 = ridge_c * ridge_c
     r, J = resid(x, True)
-    phi = _phi(r, x[ridge_idx] - ridge_ctr, delta, ridge_c)
+    phi = _phi(r, x[ridge_idx] - ridge_ctr, delta, ridge_c, n_huber)
     lam, small, tiny, converged, steps = LAMBDA0, 0, 0, False, 0
     exact = SWITCH is None
     while steps < max_iter:
         steps += 1
         a = np.abs(r)
         w = np.where(a <= delta, 1.0, delta / np.maximum(a, delta))  # IRLS weight of each Huber row
-        blocky = isinstance(J, BlockJacobian)
+        quad = a <= delta
+        if n_huber is not None:  # plain squares: weight and curvature 1
+            w[n_huber:], quad[n_huber:] = 1.0, True
+        blocky = not isinstance(J, np.ndarray)  # a BlockJacobian or lowrank_jac.RankOneJacobian
         g = J.rmatvec(w * r) if blocky else J.T @ (w * r)
         g[ridge_idx] += c2 * (x[ridge_idx] - ridge_ctr)
         if exact:  # the Huber loss's own curvature (module docstring)
-            H = J.gram((a <= delta) * 1.0) if blocky else (lambda Jq: Jq.T @ Jq)(J[a <= delta])
+            H = J.gram(quad * 1.0) if blocky else (lambda Jq: Jq.T @ Jq)(J[quad])
         else:
             H = J.gram(w) if blocky else (J * w[:, None]).T @ J
         H[ridge_idx, ridge_idx] += c2
@@ -123,7 +132,11 @@ def solve_bounded(
             s = xn - x
             pred = -(g @ s + 0.5 * s @ H @ s)  # decrease the IRLS model promises for the projected step
             rn, _ = resid(xn, False)  # the Jacobian only for an accepted step
-            phin = _phi(rn, xn[ridge_idx] - ridge_ctr, delta, ridge_c) if np.all(np.isfinite(rn)) else np.inf
+            phin = (
+                _phi(rn, xn[ridge_idx] - ridge_ctr, delta, ridge_c, n_huber)
+                if np.all(np.isfinite(rn))
+                else np.inf
+            )
             if phin < phi and pred > 0:
                 rho = (phi - phin) / pred
                 lam = lam * (0.3 if rho > 0.75 else 1.0 if rho > 0.25 else 2.0)

@@ -107,13 +107,18 @@ class TargetLaw:
         )
 
 
+def repeated(D: np.ndarray, U: np.ndarray) -> np.ndarray:
+    """Where D counts repeated samples (more than the unique data U): the only entries R* acts on."""
+    return np.isfinite(U) & (U > 0) & (D > U)
+
+
 def effective_data(D: np.ndarray, U: np.ndarray, r_star: float | None) -> tuple[np.ndarray, np.ndarray]:
     """f(D) and df/dR*: repeated samples (beyond the unique data U) count with diminishing value."""
     D = np.asarray(D, dtype=np.float64)
     if r_star is None:
         return D, np.zeros_like(D)
     U = np.broadcast_to(np.asarray(U, dtype=np.float64), D.shape)
-    rep = np.isfinite(U) & (U > 0) & (D > U)
+    rep = repeated(D, U)
     Us = np.where(rep, U, 1.0)
     x = np.where(rep, D / Us - 1.0, 0.0)
     e = np.exp(-x / r_star)

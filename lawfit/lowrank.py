@@ -7,7 +7,11 @@ are no longer separable by target, so the targets are fitted together: one least
 every target's points, parameters [log E, log G, alpha, log d0, log b] per target and log a per source,
 with the Jacobian assembled from the per-target one of the `transfer_lowrank` form (the transfer law with
 gamma = 1, whose kappa_ij = b_i a_j) by the chain rule. The scale shared by a and b (a c, b / c) is fixed
-by a ridge that centres mean(log a) on 0.
+by a ridge that centres mean(log a) on 0 (a plain square row, not a Huber row).
+
+From 7 domains on (#18) the joint problem is solved by lawfit/gn.py's Levenberg-Marquardt, restarted
+every RESTART steps (`_solve_joint`), with J^T W J formed from the rank-one structure
+(lawfit/lowrank_jac.py: n m^2 instead of n m^3 per step); below, by trf on the dense Jacobian.
 
 A fitted target is then an ordinary `TargetFit` of that per-target form (its kappa_ij = b_i a_j), so
 prediction, allocation, CV scoring, identifiability and the stored bootstrap draws need nothing new; the
@@ -20,6 +24,7 @@ from types import SimpleNamespace
 
 import numpy as np
 from scipy.optimize import least_squares
+from threadpoolctl import threadpool_limits
 
 from .dataset import Dataset
 from .errors import LawfitError
@@ -35,11 +40,13 @@ from .fit import (
     reference_scale,
 )
 from .forms import FORMS
-from .gn import BlockJacobian, solve_bounded
+from .gn import MAX_ITER, BlockJacobian, GNResult, solve_bounded
+from .lowrank_jac import RankOneJacobian
 
 NAME = "transfer_lowrank"
 LOG_RATE = (-12.0, 3.0)  # bounds of log a_j and log b_i (e^-12 ~ no transfer; a_j b_i <= e^6 ~ 400)
 SCALE_RIDGE = 1.0  # weight of the mean(log a) = 0 row: fixes the a-b scale without moving any fit
+RESTART = 50  # joint Levenberg-Marquardt steps after which a solve restarts from its point (_solve_joint)
 
 
 def _blocks(ds: Dataset, rows: np.ndarray | None):
@@ -90,27 +97,93 @@ def _residual_blocks(x, blocks, m: int, jac: bool = True):
     return np.concatenate(res), (BlockJacobian(jb, 6 * m) if jac else None)
 
 
+def _solve_joint(resid, x0, lo, hi, delta: float, n_data: int) -> GNResult:
+    """`solve_bounded` on the joint problem, restarted from its own point every RESTART steps until it
+    converges (MAX_ITER steps in all). The scale row is a plain square (`n_huber`), as in the trf path.
+
+    Why restarts (#18, third round): one global damping serves every target's block. Once the solve
+    has switched to the Huber loss's own curvature (lawfit/gn.py), a block whose set of quadratic rows
+    is still wrong makes trial steps fail and holds the damping high for all of them; at 32 domains both
+    starts then crawled to the 500-step limit without converging (objective 97.17, 30 s each on the
+    benchmark data). A restart (IRLS weights again, the initial damping) from the point reached converged
+    in 30-40 further steps to 97.1285 (with RESTART = 50: 81 and 133 steps in all from the two starts;
+    at 16 domains 76 and 91 instead of 136-142, the same optimum). On the benchmark's 8-domain data no
+    solve reaches RESTART steps (45-46), so nothing changes there."""
+    steps, x = 0, x0
+    while True:
+        res = solve_bounded(
+            resid, x, lo, hi, delta=delta, ridge_idx=np.zeros(0, np.int64), ridge_ctr=np.zeros(0),
+            ridge_c=0.0, max_iter=min(RESTART, MAX_ITER - steps), n_huber=n_data,
+        )  # fmt: skip
+        steps += res.steps
+        if res.converged or steps >= MAX_ITER:
+            return res._replace(steps=steps)
+        x = res.x
+
+
+def _points(ds: Dataset, rows: np.ndarray | None) -> list[np.ndarray]:
+    """Each target's rows of the dataset, in the order of its `Problem` (lawfit/problem.py)."""
+    return [
+        ds.target_points(i) if rows is None else rows[np.isfinite(ds.y[rows, i])]
+        for i in range(len(ds.domains))
+    ]
+
+
+def _rank_one_data(ds: Dataset, rows: np.ndarray | None):
+    """What `_residual_rank_one` needs of the dataset: D (N, m), each target's rows (`_points`) and D at
+    them (one array shared by the targets with the same rows: all of them without missing values)."""
+    D, pts, seen = np.asarray(ds.D, np.float64), _points(ds, rows), {}
+    Dp = [seen.setdefault(p.tobytes(), D if np.array_equal(p, np.arange(len(D))) else D[p]) for p in pts]
+    return D, pts, Dp
+
+
+def _residual_rank_one(x, blocks, m: int, data, jac: bool = True):
+    """`_residual_blocks` with the Jacobian as a `RankOneJacobian` (lawfit/lowrank_jac.py): the same
+    residuals and derivatives, J^T W J in n m^2 instead of n m^3. data: `_rank_one_data`."""
+    res, own, u = [], [], []
+    for i, (prob, _, _, _, others, law) in enumerate(blocks):
+        th = _per_target(x, i, others, m)
+        logL, J = law(th, jac)
+        res.append((logL - prob.logy) / prob.scale)
+        if jac:
+            ui = J[:, 3] / np.exp(th[3]) / prob.scale  # d log L / dS (J[:, 3] is it times d0)
+            own.append(np.column_stack([J[:, :4], J[:, 4:] @ th[4:]]) / prob.scale[:, None])
+            u.append(ui)
+    res.append([SCALE_RIDGE * float(np.mean(x[5 * m :]))])
+    if not jac:
+        return np.concatenate(res), None
+    b, a = np.exp(x[4 : 5 * m : 5]), np.exp(x[5 * m :])
+    return np.concatenate(res), RankOneJacobian(own, u, data[1], data[0], data[2], b, a, SCALE_RIDGE / m)
+
+
 def _residuals_and_jacobian(x, blocks, m: int):
     r, J = _residual_blocks(x, blocks, m)
     return r, J.dense()
 
 
-def _start(ds: Dataset, rows, cfg: FitConfig, b0: float) -> np.ndarray:
-    """Each target's own law from the no-transfer fit (same points), every a_j = 1 and b_i = b0."""
+def _starts(ds: Dataset, rows, cfg: FitConfig, b0s=(0.01, 0.3)) -> list[np.ndarray]:
+    """Each target's own law from the no-transfer fit (same points, fitted once for every start), every
+    a_j = 1 and b_i = b0, one start per b0."""
     from .fit import fit_target
 
     m = len(ds.domains)
-    x = []
-    for i in range(m):
-        tf = fit_target(FORMS["no_transfer"], ds, i, cfg, rows=rows)
-        x += [*tf.theta[:4], np.log(b0)]
-    return np.array(x + [0.0] * m)
+    own = [fit_target(FORMS["no_transfer"], ds, i, cfg, rows=rows).theta[:4] for i in range(m)]
+    return [np.array([v for th in own for v in (*th, np.log(b0))] + [0.0] * m) for b0 in b0s]
 
 
 def fit_lowrank(
     ds: Dataset, cfg: FitConfig, *, rows: np.ndarray | None = None, init: np.ndarray | None = None
 ) -> tuple[dict[str, TargetFit], np.ndarray]:
-    """Fit every target jointly; returns the per-target fits and the joint vector (for warm refits)."""
+    """Fit every target jointly; returns the per-target fits and the joint vector (for warm refits).
+
+    With one BLAS thread, as lawfit's worker processes (lawfit/parallel.py): the joint fit runs in the
+    calling process, where a 2-thread OpenBLAS made the 32-domain fit + CV 9x slower (117.7 s vs 12.6 s
+    on 2 cores, #18 third round: small matrices, the threads only spin)."""
+    with threadpool_limits(1):
+        return _fit_lowrank(ds, cfg, rows, init)
+
+
+def _fit_lowrank(ds: Dataset, cfg: FitConfig, rows, init):
     m = len(ds.domains)
     blocks = _blocks(ds, rows)
     lo, hi = _bounds(blocks, m)
@@ -124,14 +197,14 @@ def fit_lowrank(
             cache[key] = _residuals_and_jacobian(x, blocks, m)
         return cache[key]
 
-    starts = [init] if init is not None else [_start(ds, rows, cfg, b0) for b0 in (0.01, 0.3)]
+    starts = [init] if init is not None else _starts(ds, rows, cfg)
+    many = m - 1 >= MANY_SOURCES  # as the per-target fits (lawfit/fit.py): Levenberg-Marquardt, #18
+    data = _rank_one_data(ds, rows) if many else None
     best = None
     for x0 in starts:
-        if m - 1 >= MANY_SOURCES:  # as the per-target fits (lawfit/fit.py), by blocks: #18
-            res = solve_bounded(
-                lambda x, jac=True: _residual_blocks(x, blocks, m, jac), x0, lo, hi, delta=cfg.huber_delta,
-                ridge_idx=np.zeros(0, np.int64), ridge_ctr=np.zeros(0), ridge_c=0.0,
-            )  # fmt: skip
+        if many:
+            res = _solve_joint(lambda x, jac=True: _residual_rank_one(x, blocks, m, data, jac), x0, lo, hi,
+                               cfg.huber_delta, n_data)  # fmt: skip
             r = SimpleNamespace(x=res.x, cost=res.phi, status=int(res.converged))
         else:
             r = least_squares(

@@ -111,7 +111,7 @@ def test_many_domains_solve_by_blocks_reaches_the_trf_optimum(tmp_path, monkeypa
     cfg = FitConfig(progress=False, workers=1)
     # The block products equal the dense ones.
     blocks = _blocks(ds, None)
-    x0 = lowrank._start(ds, None, cfg, 0.3)
+    x0 = lowrank._starts(ds, None, cfg, (0.3,))[0]
     r, Jb = lowrank._residual_blocks(x0, blocks, 7)
     assert isinstance(Jb, BlockJacobian)
     J = Jb.dense()
