@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from voxmix.trainer.data.phantoms import LABEL_NAMES
+from voxmix.trainer.pretrain.config import OptimConfig
+from voxmix.trainer.pretrain.optim import lr_factor
 
 from . import probes
 from .data import load_cases
@@ -56,10 +58,10 @@ class SupervisedConfig:
 
 
 def _lr_at(step: int, cfg: SupervisedConfig) -> float:
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-    return cfg.lr * 0.5 * (1 + math.cos(math.pi * t))
+    """The pretraining schedule (trainer/pretrain/optim.py `lr_factor`, cosine to 0) of `cfg.steps`."""
+    optim = OptimConfig(lr=cfg.lr, weight_decay=cfg.weight_decay, schedule="cosine",
+                        warmup_frac=cfg.warmup / cfg.steps, decay_frac=0.0)  # fmt: skip
+    return cfg.lr * lr_factor(step, cfg.steps, optim)
 
 
 def train_supervised(data, domains: list[str], ref: dict, cfg: SupervisedConfig, log=None) -> dict:
