@@ -26,8 +26,6 @@ import torch
 import torch.nn.functional as F
 
 from voxmix.trainer.data.phantoms import LABEL_NAMES
-from voxmix.trainer.pretrain.config import OptimConfig
-from voxmix.trainer.pretrain.optim import lr_factor
 
 from . import probes
 from .data import load_cases
@@ -47,10 +45,9 @@ class SupervisedConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if self.steps < 1 or self.batch < 1 or self.warmup < 0:
-            raise ValueError(
-                f"supervised: steps ({self.steps}) and batch ({self.batch}) must be >= 1, warmup >= 0"
-            )
+        if self.steps < 1 or self.batch < 1 or not 0 <= self.warmup < self.steps:
+            raise ValueError(f"supervised: steps ({self.steps}) and batch ({self.batch}) must be >= 1, "
+                             f"warmup ({self.warmup}) in [0, steps)")  # fmt: skip
         if not (self.lr > 0 and math.isfinite(self.lr)) or self.weight_decay < 0:
             raise ValueError(
                 f"supervised: lr ({self.lr}) must be > 0 and weight_decay ({self.weight_decay}) >= 0"
@@ -58,10 +55,12 @@ class SupervisedConfig:
 
 
 def _lr_at(step: int, cfg: SupervisedConfig) -> float:
-    """The pretraining schedule (trainer/pretrain/optim.py `lr_factor`, cosine to 0) of `cfg.steps`."""
-    optim = OptimConfig(lr=cfg.lr, weight_decay=cfg.weight_decay, schedule="cosine",
-                        warmup_frac=cfg.warmup / cfg.steps, decay_frac=0.0)  # fmt: skip
-    return cfg.lr * lr_factor(step, cfg.steps, optim)
+    """Warmup then cosine to 0, as trainer/pretrain/optim.py's `lr_factor` (not imported: downstream may
+    not import the pretraining package, tests/test_layout.py)."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * t))
 
 
 def train_supervised(data, domains: list[str], ref: dict, cfg: SupervisedConfig, log=None) -> dict:
